@@ -1,0 +1,66 @@
+//! Every bound the state machine enforces, in one place, units last in the name.
+//!
+//! These are part of the replicated contract: a command is valid or not by these numbers
+//! on every replica, so changing one is a protocol change (raise limits only together with
+//! a rolling upgrade that has reached every node first).
+
+/// Longest `request_id` a client may send (bytes, printable ASCII).
+pub const REQUEST_ID_BYTES_MAX: usize = 64;
+/// Longest `user_id` (bytes, `[A-Za-z0-9_.:@-]`).
+pub const USER_ID_BYTES_MAX: usize = 128;
+/// Longest sale id (a slug: `[a-z0-9][a-z0-9-]*`).
+pub const SALE_ID_BYTES_MAX: usize = 64;
+/// Longest payment reference from a payment provider (bytes, printable ASCII).
+pub const PAYMENT_REF_BYTES_MAX: usize = 128;
+/// Longest reason text on a failed payment.
+pub const REASON_BYTES_MAX: usize = 256;
+
+/// Product text shown before the sale.
+pub const SKU_BYTES_MAX: usize = 64;
+pub const PRODUCT_NAME_BYTES_MAX: usize = 200;
+pub const PRODUCT_DESCRIPTION_BYTES_MAX: usize = 4_000;
+pub const IMAGE_URL_BYTES_MAX: usize = 2_048;
+
+/// Units in one sale.
+pub const SALE_QUANTITY_MAX: u32 = 10_000_000;
+/// Units one hold (or one waitlist entry) may ask for.
+pub const QTY_PER_HOLD_MAX: u32 = 100;
+/// Per-user limit a sale may set.
+pub const PER_USER_LIMIT_MAX: u32 = 1_000;
+/// Live holds one user may have on one sale at once.
+pub const HOLDS_PER_USER_MAX: u32 = 16;
+/// A price in minor units (cents): 10^12 keeps `price * qty` far inside u64.
+pub const PRICE_MINOR_MAX: u64 = 1_000_000_000_000;
+
+/// Hold time-to-live a sale may set. The floor is low so that tests and benchmarks can
+/// make expiry race with checkout; production sales use minutes.
+pub const HOLD_TTL_MS_MIN: u64 = 100;
+pub const HOLD_TTL_MS_MAX: u64 = 24 * 60 * 60 * 1_000;
+/// Payment window after checkout (0 = cash on delivery, confirmed at once).
+pub const PAYMENT_WINDOW_MS_MAX: u64 = 7 * 24 * 60 * 60 * 1_000;
+/// Longest a sale may run.
+pub const SALE_DURATION_MS_MAX: u64 = 366 * 24 * 60 * 60 * 1_000;
+/// Timestamps beyond this (year 2286) are certainly a unit mistake (µs or ns).
+pub const TIMESTAMP_MS_MAX: u64 = 9_999_999_999_999;
+
+/// People queued on one sale's waitlist.
+pub const WAITLIST_LEN_MAX: u32 = 100_000;
+/// Waitlist entries one hand-off may look at in one command; the rest continue at the
+/// next `Tick` (a hand-off deadline is left behind), so no command does unbounded work.
+pub const HANDOFF_STEPS_MAX: u32 = 64;
+
+/// Deadlines (hold expiry, payment timeout, record purge, sale close) one `Tick` handles.
+pub const TICK_EXPIRE_BATCH_MAX: u32 = 256;
+/// How long an idempotency record answers retries before the clock purges it.
+pub const IDEMPOTENCY_RETENTION_MS: u64 = 60 * 60 * 1_000;
+
+/// Commands in one `Batch` entry (group commit).
+pub const BATCH_COMMANDS_MAX: usize = 1_024;
+/// Encoded size of one log entry's command; oversized commands never reach the log.
+pub const COMMAND_BYTES_MAX: usize = 1024 * 1024;
+
+/// Snapshot files kept in the snapshot directory (the newest is served, the previous one
+/// is kept so that a reader streaming it while a new one lands is not cut off).
+pub const SNAPSHOT_FILES_KEPT: usize = 2;
+/// Appends waiting for the WAL-sync thread; past it an append syncs on its own.
+pub const WAL_SYNC_QUEUE_MAX: usize = 4_096;

@@ -1,0 +1,170 @@
+//! openraft storage on one RocksDB: the log, Raft metadata and the state machine are
+//! three column families of one database, so they share one WAL and are ordered with
+//! respect to each other (a purge that survived a crash implies the applied state before
+//! it survived too).
+//!
+//! | column family | keys | values |
+//! |---|---|---|
+//! | `log` | log index, u64 big-endian | bincode `Entry` |
+//! | `raft` | `vote`, `committed`, `last_purged` | bincode openraft types |
+//! | `sm` | [`crate::keys`] schema | bincode records |
+
+mod log;
+mod sm;
+pub mod snapshot;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use self::log::LogStore;
+pub use self::sm::StateMachineStore;
+use crate::error::StoreError;
+use crate::kv::KvRead;
+
+pub(crate) const CF_LOG: &str = "log";
+pub(crate) const CF_RAFT: &str = "raft";
+pub(crate) const CF_SM: &str = "sm";
+
+/// Where and how to open the store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Holds `db/` (RocksDB) and `snapshots/`.
+    pub dir: PathBuf,
+    /// RocksDB block cache shared by all column families, bytes.
+    pub block_cache_bytes: usize,
+}
+
+impl StoreOptions {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        StoreOptions {
+            dir: dir.into(),
+            block_cache_bytes: 128 * 1024 * 1024,
+        }
+    }
+}
+
+/// Opens (or creates) the store under `opts.dir` and returns its two openraft halves.
+pub fn open(opts: &StoreOptions) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let db = Arc::new(open_db(&opts.dir.join("db"), opts.block_cache_bytes)?);
+    let log = LogStore::new(db.clone())?;
+    let sm = StateMachineStore::new(db, opts.dir.join("snapshots"))?;
+    Ok((log, sm))
+}
+
+fn open_db(path: &Path, block_cache_bytes: usize) -> Result<rocksdb::DB, StoreError> {
+    let mut db_opts = rocksdb::Options::default();
+    db_opts.create_if_missing(true);
+    db_opts.create_missing_column_families(true);
+    // Sync writes fsync the WAL; the append path syncs explicitly (see `log.rs`).
+    db_opts.set_use_fsync(false);
+    db_opts.set_keep_log_file_num(4);
+    let cache = rocksdb::Cache::new_lru_cache(block_cache_bytes);
+    let cf = |name: &str, prefix_friendly: bool| {
+        let mut o = rocksdb::Options::default();
+        let mut t = rocksdb::BlockBasedOptions::default();
+        t.set_block_cache(&cache);
+        if prefix_friendly {
+            t.set_bloom_filter(10.0, false);
+        }
+        o.set_block_based_table_factory(&t);
+        o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        rocksdb::ColumnFamilyDescriptor::new(name, o)
+    };
+    let cfs = vec![cf(CF_LOG, false), cf(CF_RAFT, false), cf(CF_SM, true)];
+    Ok(rocksdb::DB::open_cf_descriptors(&db_opts, path, cfs)?)
+}
+
+pub(crate) fn cf<'a>(
+    db: &'a rocksdb::DB,
+    name: &str,
+) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
+    db.cf_handle(name)
+        .ok_or_else(|| StoreError::Invariant(format!("column family {name} missing")))
+}
+
+/// The live state-machine column family as a [`KvRead`] (what queries read).
+#[derive(Clone)]
+pub struct StateView {
+    db: Arc<rocksdb::DB>,
+}
+
+impl KvRead for StateView {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(cf(&self.db, CF_SM)?, key)?)
+    }
+
+    fn scan(
+        &self,
+        lo: &[u8],
+        hi: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        scan_cf(&self.db, cf(&self.db, CF_SM)?, None, lo, hi, limit)
+    }
+}
+
+/// A consistent point-in-time view of the state machine (a RocksDB snapshot).
+pub(crate) struct PointInTime<'a> {
+    db: &'a rocksdb::DB,
+    snap: rocksdb::Snapshot<'a>,
+}
+
+impl<'a> PointInTime<'a> {
+    pub(crate) fn new(db: &'a rocksdb::DB) -> Self {
+        PointInTime {
+            db,
+            snap: db.snapshot(),
+        }
+    }
+}
+
+impl KvRead for PointInTime<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.snap.get_cf(cf(self.db, CF_SM)?, key)?)
+    }
+
+    fn scan(
+        &self,
+        lo: &[u8],
+        hi: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        scan_cf(
+            self.db,
+            cf(self.db, CF_SM)?,
+            Some(&self.snap),
+            lo,
+            hi,
+            limit,
+        )
+    }
+}
+
+fn scan_cf(
+    db: &rocksdb::DB,
+    cf: &rocksdb::ColumnFamily,
+    snap: Option<&rocksdb::Snapshot<'_>>,
+    lo: &[u8],
+    hi: &[u8],
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    if lo >= hi || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut ro = rocksdb::ReadOptions::default();
+    ro.set_iterate_upper_bound(hi.to_vec());
+    if let Some(s) = snap {
+        ro.set_snapshot(s);
+    }
+    let it = db.iterator_cf_opt(
+        cf,
+        ro,
+        rocksdb::IteratorMode::From(lo, rocksdb::Direction::Forward),
+    );
+    let mut out = Vec::new();
+    for item in it.take(limit) {
+        let (k, v) = item?;
+        out.push((k.into_vec(), v.into_vec()));
+    }
+    Ok(out)
+}

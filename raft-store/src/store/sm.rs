@@ -1,0 +1,311 @@
+//! The state machine on RocksDB (`RaftStateMachine`) and its snapshots.
+//!
+//! Apply: entries are collected, then run through [`Machine`] on a blocking thread
+//! against a [`Txn`] over the live column family; the whole call's writes, with
+//! `last_applied`, the membership and the clock, go to RocksDB as one `WriteBatch`, and
+//! only then are the responses sent. The batch is not fsynced: every applied entry is
+//! already durable in the log, and the single WAL orders this batch before any later
+//! purge, so a crash can only make the node re-apply a suffix of the log.
+//!
+//! Snapshots: built from one RocksDB snapshot, so the data *and* the metadata
+//! (`last_applied`, membership) come from the same view even while apply goes on (the
+//! upstream example reads the metadata outside its view). Install checks the file, then
+//! replaces the whole column family in one synced `WriteBatch`.
+
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use rocksdb::{WriteBatch, WriteOptions, DB};
+
+use super::snapshot::{self, SnapshotReader, SnapshotWriter};
+use super::{cf, PointInTime, StateView, CF_SM};
+use crate::error::StoreError;
+use crate::kv::{KvRead, Txn, Writes};
+use crate::machine::Machine;
+use crate::types::{Response, SaleRecord};
+use crate::{codec, keys, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, File>;
+
+/// openraft's state machine: cheap to clone; clones share the DB.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    db: Arc<DB>,
+    snapshot_dir: PathBuf,
+}
+
+impl StateMachineStore {
+    pub(crate) fn new(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self, StoreError> {
+        cf(&db, CF_SM)?;
+        std::fs::create_dir_all(&snapshot_dir)?;
+        let sm = StateMachineStore { db, snapshot_dir };
+        // The second half of the conservation pair: what was written is checked on load.
+        check_sales(&sm.view())?;
+        Ok(sm)
+    }
+
+    /// A read view of the live state (queries read the last applied batch, atomically).
+    pub fn view(&self) -> StateView {
+        StateView {
+            db: self.db.clone(),
+        }
+    }
+
+    /// Every key and value of the state machine, in key order (for tests and audits).
+    pub fn dump(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.view().scan(&[0u8], keys::END, usize::MAX)
+    }
+
+    /// A hash of the whole state machine: equal on replicas that applied the same log.
+    pub fn state_hash(&self) -> Result<u64, StoreError> {
+        Ok(hash_pairs(&self.dump()?))
+    }
+
+    pub fn snapshot_dir(&self) -> &std::path::Path {
+        &self.snapshot_dir
+    }
+
+    fn applied(&self, view: &impl KvRead) -> Result<(Option<LogId>, StoredMembership), StoreError> {
+        let last = match view.get(keys::META_LAST_APPLIED)? {
+            Some(b) => Some(codec::decode(keys::META_LAST_APPLIED, &b)?),
+            None => None,
+        };
+        let membership = match view.get(keys::META_MEMBERSHIP)? {
+            Some(b) => codec::decode(keys::META_MEMBERSHIP, &b)?,
+            None => StoredMembership::default(),
+        };
+        Ok((last, membership))
+    }
+
+    /// Runs the machine over a batch of entries and commits the result as one batch.
+    fn apply_blocking(&self, entries: &[Entry]) -> Result<Vec<Response>, StoreError> {
+        let view = self.view();
+        let mut txn = Txn::new(&view);
+        let mut responses = Vec::with_capacity(entries.len());
+        let mut last_applied = None;
+        let mut membership = None;
+        {
+            let mut machine = Machine::load(&mut txn)?;
+            for entry in entries {
+                last_applied = Some(entry.log_id.clone());
+                let response = match &entry.payload {
+                    EntryPayload::Blank => Response::Applied,
+                    EntryPayload::Normal(le) => machine.apply(le)?,
+                    EntryPayload::Membership(m) => {
+                        membership =
+                            Some(StoredMembership::new(Some(entry.log_id.clone()), m.clone()));
+                        Response::Applied
+                    }
+                };
+                responses.push(response);
+            }
+            machine.finish()?;
+        }
+        if let Some(id) = &last_applied {
+            txn.put("last applied", keys::META_LAST_APPLIED.to_vec(), id)?;
+        }
+        if let Some(m) = &membership {
+            txn.put("membership", keys::META_MEMBERSHIP.to_vec(), m)?;
+        }
+        self.commit(txn.into_writes(), false)?;
+        Ok(responses)
+    }
+
+    fn commit(&self, writes: Writes, sync: bool) -> Result<(), StoreError> {
+        let cf_sm = cf(&self.db, CF_SM)?;
+        let mut batch = WriteBatch::default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => batch.put_cf(cf_sm, k, v),
+                None => batch.delete_cf(cf_sm, k),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+
+    fn build_blocking(&self) -> Result<(SnapshotMeta, PathBuf), StoreError> {
+        let pit = PointInTime::new(&self.db);
+        let (last_log_id, last_membership) = self.applied(&pit)?;
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+        };
+        let mut writer = SnapshotWriter::create(&self.snapshot_dir, &meta)?;
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_snapshot(&pit.snap);
+        for item in self
+            .db
+            .iterator_cf_opt(cf(&self.db, CF_SM)?, ro, rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            writer.record(&k, &v)?;
+        }
+        let path = writer.finish(&self.snapshot_dir, &meta)?;
+        Ok((meta, path))
+    }
+
+    fn install_blocking(&self, meta: &SnapshotMeta, file: File) -> Result<(), StoreError> {
+        let (mut reader, file_meta) = SnapshotReader::open(file.try_clone()?)?;
+        if file_meta != *meta {
+            return Err(StoreError::Snapshot(format!(
+                "file is for {:?}, asked to install {:?}",
+                file_meta.last_log_id, meta.last_log_id
+            )));
+        }
+        // Read and verify everything before touching the live state.
+        let mut records = crate::kv::MemKv::new();
+        while let Some((k, v)) = reader.next_record()? {
+            records.insert(k, v);
+        }
+        check_sales(&records)?;
+        let (last, membership) = self.applied(&records)?;
+        if last != meta.last_log_id || membership != meta.last_membership {
+            return Err(StoreError::Snapshot(
+                "snapshot data disagrees with its meta".into(),
+            ));
+        }
+        let cf_sm = cf(&self.db, CF_SM)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf_sm, &[0u8][..], keys::END);
+        for (k, v) in &records {
+            batch.put_cf(cf_sm, k, v);
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo)?;
+        // Keep the installed snapshot as the current one (to serve to other followers).
+        let already_here = snapshot::latest(&self.snapshot_dir)?.is_some_and(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy() == snapshot::file_name(meta))
+        });
+        if !already_here {
+            let mut f = file;
+            use std::io::Seek;
+            f.seek(io::SeekFrom::Start(0))?;
+            snapshot::store_from(&self.snapshot_dir, io::BufReader::new(f))?;
+        }
+        Ok(())
+    }
+
+    fn current_blocking(&self) -> Result<Option<Snapshot>, StoreError> {
+        let Some(path) = snapshot::latest(&self.snapshot_dir)? else {
+            return Ok(None);
+        };
+        let file = File::open(&path)?;
+        let (_, meta) = SnapshotReader::open(file.try_clone()?)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: file,
+        }))
+    }
+}
+
+/// Conservation over every sale in a view (on open and on snapshot install).
+fn check_sales(view: &impl KvRead) -> Result<(), StoreError> {
+    let (lo, hi) = keys::tag_range(keys::SALE);
+    for (k, v) in view.scan(&lo, &hi, usize::MAX)? {
+        let sale: SaleRecord = codec::decode(&k, &v)?;
+        if !sale.counters.conserves(sale.spec.quantity) {
+            return Err(StoreError::Invariant(format!(
+                "sale {}: {:?} does not add up to {}",
+                sale.spec.id, sale.counters, sale.spec.quantity
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// xxh3 over length-prefixed pairs (so `("ab","c")` and `("a","bc")` differ).
+pub fn hash_pairs(pairs: &[(Vec<u8>, Vec<u8>)]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (k, v) in pairs {
+        h.update(&(k.len() as u64).to_le_bytes());
+        h.update(k);
+        h.update(&(v.len() as u64).to_le_bytes());
+        h.update(v);
+    }
+    h.digest()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, io::Error> {
+    Ok(tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)??)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    type SnapshotData = File;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let this = self.clone();
+        let (meta, path) = blocking(move || this.build_blocking()).await?;
+        tracing::info!(path = %path.display(), last = ?meta.last_log_id, "snapshot built");
+        Ok(Snapshot {
+            meta,
+            snapshot: File::open(path)?,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = File;
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok(self.applied(&self.view())?)
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch: Vec<Entry> = Vec::new();
+        let mut responders: Vec<Option<ApplyResponder<TypeConfig>>> = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            batch.push(entry);
+            responders.push(responder);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let this = self.clone();
+        let responses = blocking(move || this.apply_blocking(&batch)).await?;
+        for (responder, response) in responders.into_iter().zip(responses) {
+            if let Some(r) = responder {
+                r.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: File,
+    ) -> Result<(), io::Error> {
+        let this = self.clone();
+        let meta2 = meta.clone();
+        blocking(move || this.install_blocking(&meta2, snapshot)).await?;
+        tracing::info!(last = ?meta.last_log_id, "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let this = self.clone();
+        blocking(move || this.current_blocking()).await
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests of the raft-store crate, in one binary (one link of RocksDB).
+
+mod common;
+mod conformance;
+mod model;
