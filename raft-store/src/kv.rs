@@ -13,16 +13,14 @@ use serde::Serialize;
 use crate::codec;
 use crate::error::StoreError;
 
+/// A key and its value.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
 /// Ordered key-value reads.
 pub trait KvRead {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// At most `limit` pairs with `lo <= key < hi`, in ascending key order.
-    fn scan(
-        &self,
-        lo: &[u8],
-        hi: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan(&self, lo: &[u8], hi: &[u8], limit: usize) -> Result<Vec<Pair>, StoreError>;
 }
 
 /// The in-memory state used by tests and by the reference replays.
@@ -33,12 +31,7 @@ impl KvRead for MemKv {
         Ok(BTreeMap::get(self, key).cloned())
     }
 
-    fn scan(
-        &self,
-        lo: &[u8],
-        hi: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, lo: &[u8], hi: &[u8], limit: usize) -> Result<Vec<Pair>, StoreError> {
         if lo >= hi {
             return Ok(Vec::new());
         }
@@ -110,12 +103,7 @@ impl<'a, R: KvRead + ?Sized> Txn<'a, R> {
 
     /// At most `limit` live pairs with `lo <= key < hi`, merging the base with the
     /// pending writes (a pending delete hides a base key, a pending put adds or replaces).
-    pub fn scan(
-        &self,
-        lo: &[u8],
-        hi: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan(&self, lo: &[u8], hi: &[u8], limit: usize) -> Result<Vec<Pair>, StoreError> {
         if lo >= hi || limit == 0 {
             return Ok(Vec::new());
         }

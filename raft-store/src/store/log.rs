@@ -61,10 +61,11 @@ impl LogStore {
         let mut ro = rocksdb::ReadOptions::default();
         match hi {
             Bound::Excluded(h) => ro.set_iterate_upper_bound(h.to_be_bytes().to_vec()),
-            Bound::Included(h) => match h.checked_add(1) {
-                Some(x) => ro.set_iterate_upper_bound(x.to_be_bytes().to_vec()),
-                None => {}
-            },
+            Bound::Included(h) => {
+                if let Some(x) = h.checked_add(1) {
+                    ro.set_iterate_upper_bound(x.to_be_bytes().to_vec());
+                }
+            }
             Bound::Unbounded => {}
         }
         let start = lo.to_be_bytes();
@@ -136,7 +137,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         };
         Ok(LogState {
-            last_log_id: last.or_else(|| last_purged.clone()),
+            last_log_id: last.or(last_purged),
             last_purged_log_id: last_purged,
         })
     }

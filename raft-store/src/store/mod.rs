@@ -20,6 +20,7 @@ pub use self::log::LogStore;
 pub use self::sm::StateMachineStore;
 use crate::error::StoreError;
 use crate::kv::KvRead;
+use crate::kv::Pair;
 
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_RAFT: &str = "raft";
@@ -93,12 +94,7 @@ impl KvRead for StateView {
         Ok(self.db.get_cf(cf(&self.db, CF_SM)?, key)?)
     }
 
-    fn scan(
-        &self,
-        lo: &[u8],
-        hi: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, lo: &[u8], hi: &[u8], limit: usize) -> Result<Vec<Pair>, StoreError> {
         scan_cf(&self.db, cf(&self.db, CF_SM)?, None, lo, hi, limit)
     }
 }
@@ -123,12 +119,7 @@ impl KvRead for PointInTime<'_> {
         Ok(self.snap.get_cf(cf(self.db, CF_SM)?, key)?)
     }
 
-    fn scan(
-        &self,
-        lo: &[u8],
-        hi: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, lo: &[u8], hi: &[u8], limit: usize) -> Result<Vec<Pair>, StoreError> {
         scan_cf(
             self.db,
             cf(self.db, CF_SM)?,
@@ -147,7 +138,7 @@ fn scan_cf(
     lo: &[u8],
     hi: &[u8],
     limit: usize,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+) -> Result<Vec<Pair>, StoreError> {
     if lo >= hi || limit == 0 {
         return Ok(Vec::new());
     }

@@ -25,6 +25,7 @@ use rocksdb::{WriteBatch, WriteOptions, DB};
 use super::snapshot::{self, SnapshotReader, SnapshotWriter};
 use super::{cf, PointInTime, StateView, CF_SM};
 use crate::error::StoreError;
+use crate::kv::Pair;
 use crate::kv::{KvRead, Txn, Writes};
 use crate::machine::Machine;
 use crate::types::{Response, SaleRecord};
@@ -57,7 +58,7 @@ impl StateMachineStore {
     }
 
     /// Every key and value of the state machine, in key order (for tests and audits).
-    pub fn dump(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn dump(&self) -> Result<Vec<Pair>, StoreError> {
         self.view().scan(&[0u8], keys::END, usize::MAX)
     }
 
@@ -92,13 +93,12 @@ impl StateMachineStore {
         {
             let mut machine = Machine::load(&mut txn)?;
             for entry in entries {
-                last_applied = Some(entry.log_id.clone());
+                last_applied = Some(entry.log_id);
                 let response = match &entry.payload {
                     EntryPayload::Blank => Response::Applied,
                     EntryPayload::Normal(le) => machine.apply(le)?,
                     EntryPayload::Membership(m) => {
-                        membership =
-                            Some(StoredMembership::new(Some(entry.log_id.clone()), m.clone()));
+                        membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
                         Response::Applied
                     }
                 };

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::error::StoreError;
+use crate::kv::Pair;
 use crate::limits::SNAPSHOT_FILES_KEPT;
 use crate::{codec, SnapshotMeta};
 
@@ -173,7 +174,7 @@ impl<R: Read> SnapshotReader<R> {
     }
 
     /// The next record, or `None` at the end once the count and checksum are verified.
-    pub fn next_record(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn next_record(&mut self) -> Result<Option<Pair>, StoreError> {
         if self.done {
             return Ok(None);
         }

@@ -1,3 +1,4 @@
+#![allow(dead_code)] // shared by several test binaries, each using a subset
 //! Shared helpers: a sale spec, command builders and an in-memory machine.
 
 use stockade_raft_store::kv::MemKv;

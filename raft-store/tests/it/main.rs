@@ -2,4 +2,6 @@
 
 mod common;
 mod conformance;
+mod golden;
 mod model;
+mod snapshot;

@@ -1,0 +1,192 @@
+//! Snapshots: round trip between stores, consistency while apply runs, corruption,
+//! restart without replay, and the file format's golden bytes.
+
+use std::io::{Read, Seek, Write};
+use std::time::Duration;
+
+use futures::stream;
+use openraft::entry::RaftEntry;
+use openraft::storage::RaftStateMachine;
+use openraft::RaftSnapshotBuilder;
+use stockade_raft_store::kv::MemKv;
+use stockade_raft_store::machine::apply_to_mem;
+use stockade_raft_store::store::snapshot::{SnapshotReader, SnapshotWriter};
+use stockade_raft_store::types::*;
+use stockade_raft_store::{keys, open, Entry, LogId, StateMachineStore, StoreOptions, TypeConfig};
+use tempfile::TempDir;
+
+use crate::common::*;
+
+pub fn log_id(index: u64) -> LogId {
+    openraft::testing::log_id::<TypeConfig>(1, 1, index)
+}
+
+/// A deterministic mixed workload: a sale, then reservations, checkouts, payments,
+/// releases, waitlist joins and ticks from 40 users (many of them rejected, on purpose).
+pub fn workload(n: u64) -> Vec<LogEntry> {
+    let mut s = spec(30);
+    s.per_user_limit = 3;
+    s.hold_ttl_ms = 400;
+    s.payment_window_ms = 600;
+    let mut out = vec![LogEntry { at_ms: 0, cmd: Command::CreateSale(s) }];
+    for i in 0..n {
+        let at = 1_000 + i * 7;
+        let user = format!("u{}", i % 40);
+        let req = format!("r{i}");
+        let guess = (i / 3).max(1);
+        let cmd = match i % 9 {
+            0 | 1 | 4 => reserve(&user, 1 + (i % 2) as u32, &req),
+            2 => checkout(&user, guess, &req),
+            3 => pay(&user, guess, 49_900, &format!("p{i}"), &req),
+            5 => release(&user, guess, &req),
+            6 => join(&user, 1, &req),
+            7 => Command::Tick,
+            _ => cancel(&user, guess, &req),
+        };
+        out.push(LogEntry { at_ms: at, cmd });
+    }
+    out
+}
+
+pub fn entries(from_index: u64, log: &[LogEntry]) -> Vec<Entry> {
+    log.iter().enumerate().map(|(i, le)| Entry::new_normal(log_id(from_index + i as u64), le.clone())).collect()
+}
+
+pub async fn apply_all(sm: &mut StateMachineStore, batch: Vec<Entry>) {
+    sm.apply(stream::iter(batch.into_iter().map(|e| Ok((e, None))))).await.expect("apply");
+}
+
+/// The state-machine pairs without the Raft bookkeeping (last applied, membership),
+/// which an in-memory replay of commands does not write.
+fn domain(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    pairs.into_iter().filter(|(k, _)| k != keys::META_LAST_APPLIED && k != keys::META_MEMBERSHIP).collect()
+}
+
+fn replay(log: &[LogEntry]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut m = MemKv::new();
+    for e in log {
+        apply_to_mem(&mut m, e).unwrap();
+    }
+    m.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_round_trip_gives_identical_state() {
+    let (da, db) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let (_la, mut a) = open(&StoreOptions::new(da.path())).unwrap();
+    let (_lb, mut b) = open(&StoreOptions::new(db.path())).unwrap();
+    let log = workload(600);
+    apply_all(&mut a, entries(1, &log)).await;
+    let view = stockade_raft_store::query::sale(&a.view(), SALE).unwrap().unwrap();
+    assert!(view.stats.holds_granted > 10, "the workload must do something: {:?}", view.stats);
+
+    let snap = a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(snap.meta.last_log_id, Some(log_id(log.len() as u64)));
+    b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+
+    assert_eq!(a.dump().unwrap(), b.dump().unwrap());
+    assert_eq!(a.state_hash().unwrap(), b.state_hash().unwrap());
+    assert_eq!(a.applied_state().await.unwrap(), b.applied_state().await.unwrap());
+    let cur = b.get_current_snapshot().await.unwrap().expect("installed snapshot is current");
+    assert_eq!(cur.meta, snap.meta);
+
+    // And both go on identically from there.
+    let more = workload(700)[600..].to_vec();
+    apply_all(&mut a, entries(log.len() as u64 + 1, &more)).await;
+    apply_all(&mut b, entries(log.len() as u64 + 1, &more)).await;
+    assert_eq!(a.state_hash().unwrap(), b.state_hash().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_taken_while_apply_runs_is_a_consistent_prefix() {
+    let dir = TempDir::new().unwrap();
+    let (_l, sm) = open(&StoreOptions::new(dir.path())).unwrap();
+    let log = workload(3_000);
+    let mut writer = sm.clone();
+    let all = entries(1, &log);
+    let applier = tokio::spawn(async move {
+        for chunk in all.chunks(25) {
+            apply_all(&mut writer, chunk.to_vec()).await;
+            tokio::task::yield_now().await;
+        }
+    });
+    let mut builder = sm.clone();
+    let mut seen = Vec::new();
+    while !applier.is_finished() {
+        let snap = builder.build_snapshot().await.unwrap();
+        let Some(last) = snap.meta.last_log_id else { continue };
+        // Install into a fresh store and compare with a replay of exactly that prefix.
+        let fresh = TempDir::new().unwrap();
+        let (_l2, mut other) = open(&StoreOptions::new(fresh.path())).unwrap();
+        other.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+        let prefix = &log[..last.index() as usize];
+        assert_eq!(domain(other.dump().unwrap()), replay(prefix), "snapshot at {} is not that prefix", last.index());
+        seen.push(last.index());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    applier.await.unwrap();
+    assert!(!seen.is_empty(), "no snapshot was taken during apply");
+    assert!(seen.iter().any(|&i| (i as usize) < log.len()), "every snapshot came after apply finished: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_snapshot_is_refused_and_state_is_untouched() {
+    let (da, db) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let (_la, mut a) = open(&StoreOptions::new(da.path())).unwrap();
+    let (_lb, mut b) = open(&StoreOptions::new(db.path())).unwrap();
+    apply_all(&mut a, entries(1, &workload(100))).await;
+    apply_all(&mut b, entries(1, &workload(20))).await;
+    let before = b.dump().unwrap();
+    let snap = a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+
+    let mut bytes = Vec::new();
+    let mut f = snap.snapshot;
+    f.rewind().unwrap();
+    f.read_to_end(&mut bytes).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    let mut bad = tempfile::tempfile().unwrap();
+    bad.write_all(&bytes).unwrap();
+    let err = b.install_snapshot(&snap.meta, bad).await.expect_err("a flipped byte must be refused");
+    assert!(err.to_string().contains("snapshot"), "{err}");
+    assert_eq!(b.dump().unwrap(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_resumes_from_applied_state_without_replay() {
+    let dir = TempDir::new().unwrap();
+    let log = workload(300);
+    let (hash, applied) = {
+        let (_l, mut sm) = open(&StoreOptions::new(dir.path())).unwrap();
+        apply_all(&mut sm, entries(1, &log)).await;
+        (sm.state_hash().unwrap(), sm.applied_state().await.unwrap())
+    };
+    let (_l, mut sm) = open(&StoreOptions::new(dir.path())).unwrap();
+    assert_eq!(sm.applied_state().await.unwrap(), applied);
+    assert_eq!(applied.0, Some(log_id(log.len() as u64)));
+    assert_eq!(sm.state_hash().unwrap(), hash);
+}
+
+#[test]
+fn snapshot_file_keeps_its_bytes() {
+    let dir = TempDir::new().unwrap();
+    let meta = stockade_raft_store::SnapshotMeta { last_log_id: Some(log_id(7)), last_membership: Default::default() };
+    let mut w = SnapshotWriter::create(dir.path(), &meta).unwrap();
+    w.record(b"\x10a\x00", b"v1").unwrap();
+    w.record(b"\x11\x00\x00\x00\x00\x00\x00\x00\x01", b"").unwrap();
+    let path = w.finish(dir.path(), &meta).unwrap();
+    assert_eq!(path.file_name().unwrap(), "00000000000000000007.snap");
+    let bytes = std::fs::read(&path).unwrap();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, SNAPSHOT_FILE_GOLDEN);
+    let (mut r, back) = SnapshotReader::open(std::fs::File::open(&path).unwrap()).unwrap();
+    assert_eq!(back, meta);
+    assert_eq!(r.next_record().unwrap(), Some((b"\x10a\x00".to_vec(), b"v1".to_vec())));
+    assert!(r.next_record().unwrap().is_some());
+    assert_eq!(r.next_record().unwrap(), None);
+}
+
+const SNAPSHOT_FILE_GOLDEN: &str = concat!(
+    "53544b534e41503101000000080000000101010700000000030000001061000200000076310900",
+    "000011000000000000000100000000ffffffff0200000000000000cb098192020f9f31"
+);
