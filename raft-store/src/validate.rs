@@ -9,6 +9,27 @@ use crate::types::{Command, Reject, SaleSpec};
 
 type Check = Result<(), Reject>;
 
+/// Everything a proposer checks before a command may enter the log: its shape and
+/// limits, every command inside a batch, and the encoded size.
+pub fn proposal(cmd: &Command) -> Check {
+    command(cmd)?;
+    if let Command::Batch(cmds) = cmd {
+        cmds.iter().try_for_each(command)?;
+    }
+    let bytes = crate::codec::encode("command", cmd)
+        .map_err(|e| Reject::invalid("command", e.to_string()))?;
+    if bytes.len() > COMMAND_BYTES_MAX {
+        return Err(Reject::invalid(
+            "command",
+            format!(
+                "encodes to {} bytes, above {COMMAND_BYTES_MAX}",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Validates a command's shape and limits. Pure: no state, no clock.
 pub fn command(cmd: &Command) -> Check {
     match cmd {
@@ -291,6 +312,42 @@ fn text(field: &str, s: &str, min: usize, max: usize) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn join(user: &str) -> Command {
+        Command::JoinWaitlist {
+            sale_id: "s".into(),
+            user_id: user.into(),
+            qty: 1,
+            request_id: "r".into(),
+        }
+    }
+
+    #[test]
+    fn proposals_are_checked_inside_batches_and_by_size() {
+        assert!(proposal(&Command::Batch(vec![join("a"), join("b")])).is_ok());
+        let bad = proposal(&Command::Batch(vec![join("a"), join("b c")]));
+        assert!(
+            matches!(bad, Err(Reject::Invalid { ref field, .. }) if field == "user_id"),
+            "{bad:?}"
+        );
+        assert!(proposal(&Command::Batch(vec![])).is_err());
+        assert!(proposal(&Command::Batch(vec![Command::Batch(vec![Command::Tick])])).is_err());
+        // A group-commit batch of the most client commands, each the largest a client can
+        // send (a failed payment with the longest reason), stays under the size limit.
+        let big = Command::FailPayment {
+            user_id: "u".repeat(USER_ID_BYTES_MAX),
+            order_id: u64::MAX,
+            reason: "x".repeat(REASON_BYTES_MAX),
+            request_id: "r".repeat(REQUEST_ID_BYTES_MAX),
+        };
+        assert!(proposal(&Command::Batch(vec![big.clone(); BATCH_COMMANDS_MAX])).is_ok());
+        let mut spec_cmd = Command::Batch(vec![big; BATCH_COMMANDS_MAX + 1]);
+        assert!(proposal(&spec_cmd).is_err());
+        if let Command::Batch(v) = &mut spec_cmd {
+            v.truncate(1);
+        }
+        assert!(proposal(&spec_cmd).is_ok());
+    }
 
     #[test]
     fn ids_reject_the_separator_byte_and_other_bad_characters() {

@@ -2,6 +2,7 @@
 
 mod common;
 mod conformance;
+mod crash;
 mod golden;
 mod model;
 mod snapshot;

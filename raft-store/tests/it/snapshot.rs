@@ -28,7 +28,10 @@ pub fn workload(n: u64) -> Vec<LogEntry> {
     s.per_user_limit = 3;
     s.hold_ttl_ms = 400;
     s.payment_window_ms = 600;
-    let mut out = vec![LogEntry { at_ms: 0, cmd: Command::CreateSale(s) }];
+    let mut out = vec![LogEntry {
+        at_ms: 0,
+        cmd: Command::CreateSale(s),
+    }];
     for i in 0..n {
         let at = 1_000 + i * 7;
         let user = format!("u{}", i % 40);
@@ -49,17 +52,25 @@ pub fn workload(n: u64) -> Vec<LogEntry> {
 }
 
 pub fn entries(from_index: u64, log: &[LogEntry]) -> Vec<Entry> {
-    log.iter().enumerate().map(|(i, le)| Entry::new_normal(log_id(from_index + i as u64), le.clone())).collect()
+    log.iter()
+        .enumerate()
+        .map(|(i, le)| Entry::new_normal(log_id(from_index + i as u64), le.clone()))
+        .collect()
 }
 
 pub async fn apply_all(sm: &mut StateMachineStore, batch: Vec<Entry>) {
-    sm.apply(stream::iter(batch.into_iter().map(|e| Ok((e, None))))).await.expect("apply");
+    sm.apply(stream::iter(batch.into_iter().map(|e| Ok((e, None)))))
+        .await
+        .expect("apply");
 }
 
 /// The state-machine pairs without the Raft bookkeeping (last applied, membership),
 /// which an in-memory replay of commands does not write.
 fn domain(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
-    pairs.into_iter().filter(|(k, _)| k != keys::META_LAST_APPLIED && k != keys::META_MEMBERSHIP).collect()
+    pairs
+        .into_iter()
+        .filter(|(k, _)| k != keys::META_LAST_APPLIED && k != keys::META_MEMBERSHIP)
+        .collect()
 }
 
 fn replay(log: &[LogEntry]) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -77,17 +88,35 @@ async fn snapshot_round_trip_gives_identical_state() {
     let (_lb, mut b) = open(&StoreOptions::new(db.path())).unwrap();
     let log = workload(600);
     apply_all(&mut a, entries(1, &log)).await;
-    let view = stockade_raft_store::query::sale(&a.view(), SALE).unwrap().unwrap();
-    assert!(view.stats.holds_granted > 10, "the workload must do something: {:?}", view.stats);
+    let view = stockade_raft_store::query::sale(&a.view(), SALE)
+        .unwrap()
+        .unwrap();
+    assert!(
+        view.stats.holds_granted > 10,
+        "the workload must do something: {:?}",
+        view.stats
+    );
 
-    let snap = a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snap = a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     assert_eq!(snap.meta.last_log_id, Some(log_id(log.len() as u64)));
     b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
 
     assert_eq!(a.dump().unwrap(), b.dump().unwrap());
     assert_eq!(a.state_hash().unwrap(), b.state_hash().unwrap());
-    assert_eq!(a.applied_state().await.unwrap(), b.applied_state().await.unwrap());
-    let cur = b.get_current_snapshot().await.unwrap().expect("installed snapshot is current");
+    assert_eq!(
+        a.applied_state().await.unwrap(),
+        b.applied_state().await.unwrap()
+    );
+    let cur = b
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("installed snapshot is current");
     assert_eq!(cur.meta, snap.meta);
 
     // And both go on identically from there.
@@ -114,19 +143,32 @@ async fn snapshot_taken_while_apply_runs_is_a_consistent_prefix() {
     let mut seen = Vec::new();
     while !applier.is_finished() {
         let snap = builder.build_snapshot().await.unwrap();
-        let Some(last) = snap.meta.last_log_id else { continue };
+        let Some(last) = snap.meta.last_log_id else {
+            continue;
+        };
         // Install into a fresh store and compare with a replay of exactly that prefix.
         let fresh = TempDir::new().unwrap();
         let (_l2, mut other) = open(&StoreOptions::new(fresh.path())).unwrap();
-        other.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+        other
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
         let prefix = &log[..last.index() as usize];
-        assert_eq!(domain(other.dump().unwrap()), replay(prefix), "snapshot at {} is not that prefix", last.index());
+        assert_eq!(
+            domain(other.dump().unwrap()),
+            replay(prefix),
+            "snapshot at {} is not that prefix",
+            last.index()
+        );
         seen.push(last.index());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     applier.await.unwrap();
     assert!(!seen.is_empty(), "no snapshot was taken during apply");
-    assert!(seen.iter().any(|&i| (i as usize) < log.len()), "every snapshot came after apply finished: {seen:?}");
+    assert!(
+        seen.iter().any(|&i| (i as usize) < log.len()),
+        "every snapshot came after apply finished: {seen:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +179,12 @@ async fn corrupt_snapshot_is_refused_and_state_is_untouched() {
     apply_all(&mut a, entries(1, &workload(100))).await;
     apply_all(&mut b, entries(1, &workload(20))).await;
     let before = b.dump().unwrap();
-    let snap = a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snap = a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
 
     let mut bytes = Vec::new();
     let mut f = snap.snapshot;
@@ -147,7 +194,10 @@ async fn corrupt_snapshot_is_refused_and_state_is_untouched() {
     bytes[mid] ^= 0x40;
     let mut bad = tempfile::tempfile().unwrap();
     bad.write_all(&bytes).unwrap();
-    let err = b.install_snapshot(&snap.meta, bad).await.expect_err("a flipped byte must be refused");
+    let err = b
+        .install_snapshot(&snap.meta, bad)
+        .await
+        .expect_err("a flipped byte must be refused");
     assert!(err.to_string().contains("snapshot"), "{err}");
     assert_eq!(b.dump().unwrap(), before);
 }
@@ -170,10 +220,14 @@ async fn restart_resumes_from_applied_state_without_replay() {
 #[test]
 fn snapshot_file_keeps_its_bytes() {
     let dir = TempDir::new().unwrap();
-    let meta = stockade_raft_store::SnapshotMeta { last_log_id: Some(log_id(7)), last_membership: Default::default() };
+    let meta = stockade_raft_store::SnapshotMeta {
+        last_log_id: Some(log_id(7)),
+        last_membership: Default::default(),
+    };
     let mut w = SnapshotWriter::create(dir.path(), &meta).unwrap();
     w.record(b"\x10a\x00", b"v1").unwrap();
-    w.record(b"\x11\x00\x00\x00\x00\x00\x00\x00\x01", b"").unwrap();
+    w.record(b"\x11\x00\x00\x00\x00\x00\x00\x00\x01", b"")
+        .unwrap();
     let path = w.finish(dir.path(), &meta).unwrap();
     assert_eq!(path.file_name().unwrap(), "00000000000000000007.snap");
     let bytes = std::fs::read(&path).unwrap();
@@ -181,7 +235,10 @@ fn snapshot_file_keeps_its_bytes() {
     assert_eq!(hex, SNAPSHOT_FILE_GOLDEN);
     let (mut r, back) = SnapshotReader::open(std::fs::File::open(&path).unwrap()).unwrap();
     assert_eq!(back, meta);
-    assert_eq!(r.next_record().unwrap(), Some((b"\x10a\x00".to_vec(), b"v1".to_vec())));
+    assert_eq!(
+        r.next_record().unwrap(),
+        Some((b"\x10a\x00".to_vec(), b"v1".to_vec()))
+    );
     assert!(r.next_record().unwrap().is_some());
     assert_eq!(r.next_record().unwrap(), None);
 }
