@@ -234,7 +234,10 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
         let Some(mut rec) = self.load_sale(&spec.id)? else {
             reject!(Reject::SaleNotFound)
         };
-        if rec.has_started(self.clock_ms) || rec.ended_early_at_ms.is_some() {
+        if rec.has_ended(self.clock_ms) {
+            reject!(Reject::SaleEnded);
+        }
+        if rec.has_started(self.clock_ms) {
             reject!(Reject::SaleAlreadyStarted);
         }
         if spec.ends_at_ms <= self.clock_ms {
@@ -288,13 +291,14 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
         let Some(mut sale) = self.load_sale(sale_id)? else {
             reject!(Reject::SaleNotFound)
         };
+        // Ended wins over not-started: a sale ended before its start never opens.
+        if sale.has_ended(self.clock_ms) {
+            reject!(Reject::SaleEnded);
+        }
         if !sale.has_started(self.clock_ms) {
             reject!(Reject::SaleNotStarted {
                 starts_at_ms: sale.spec.starts_at_ms
             });
-        }
-        if sale.has_ended(self.clock_ms) {
-            reject!(Reject::SaleEnded);
         }
         let reservable = sale.reservable();
         if reservable == 0 {
@@ -729,13 +733,14 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
         let Some(mut sale) = self.load_sale(sale_id)? else {
             reject!(Reject::SaleNotFound)
         };
+        // Ended wins over not-started: a sale ended before its start never opens.
+        if sale.has_ended(self.clock_ms) {
+            reject!(Reject::SaleEnded);
+        }
         if !sale.has_started(self.clock_ms) {
             reject!(Reject::SaleNotStarted {
                 starts_at_ms: sale.spec.starts_at_ms
             });
-        }
-        if sale.has_ended(self.clock_ms) {
-            reject!(Reject::SaleEnded);
         }
         if let Some(WaitState::Waiting { seq }) = self
             .txn

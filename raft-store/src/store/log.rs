@@ -14,6 +14,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -45,6 +46,11 @@ impl LogStore {
         cf(&db, CF_RAFT)?;
         let syncer = Arc::new(WalSyncer::start(db.clone())?);
         Ok(LogStore { db, syncer })
+    }
+
+    /// WAL fsyncs done for appends since open (appends per sync shows the batching).
+    pub fn wal_syncs(&self) -> u64 {
+        self.syncer.syncs.load(Ordering::Relaxed)
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -233,6 +239,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 struct WalSyncer {
     tx: Option<SyncSender<IOFlushed<TypeConfig>>>,
     db: Arc<DB>,
+    syncs: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -240,12 +247,15 @@ impl WalSyncer {
     fn start(db: Arc<DB>) -> Result<Self, StoreError> {
         let (tx, rx) = sync_channel(WAL_SYNC_QUEUE_MAX);
         let thread_db = db.clone();
+        let syncs = Arc::new(AtomicU64::new(0));
+        let thread_syncs = syncs.clone();
         let thread = std::thread::Builder::new()
             .name("stockade-wal-sync".into())
-            .spawn(move || sync_loop(&thread_db, &rx))?;
+            .spawn(move || sync_loop(&thread_db, &rx, &thread_syncs))?;
         Ok(WalSyncer {
             tx: Some(tx),
             db,
+            syncs,
             thread: Some(thread),
         })
     }
@@ -260,6 +270,7 @@ impl WalSyncer {
         };
         // Queue full (or thread gone): sync on this thread rather than block or drop.
         if let Some(cb) = overflow {
+            self.syncs.fetch_add(1, Ordering::Relaxed);
             cb.io_completed(self.db.flush_wal(true).map_err(io::Error::other));
         }
     }
@@ -274,13 +285,14 @@ impl Drop for WalSyncer {
     }
 }
 
-fn sync_loop(db: &DB, rx: &Receiver<IOFlushed<TypeConfig>>) {
+fn sync_loop(db: &DB, rx: &Receiver<IOFlushed<TypeConfig>>, syncs: &AtomicU64) {
     while let Ok(first) = rx.recv() {
         let mut pending = vec![first];
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
         }
         let result = db.flush_wal(true);
+        syncs.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &result {
             tracing::error!(error = %e, "WAL sync failed; the node must stop");
         }

@@ -5,4 +5,5 @@ mod conformance;
 mod crash;
 mod golden;
 mod model;
+mod queries;
 mod snapshot;

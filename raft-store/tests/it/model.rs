@@ -241,13 +241,13 @@ impl Model {
     fn client(&mut self, cmd: &Command) -> Response {
         match cmd {
             Command::Reserve { user_id, qty, .. } => {
+                if self.ended() {
+                    no!(Reject::SaleEnded);
+                }
                 if !self.started() {
                     no!(Reject::SaleNotStarted {
                         starts_at_ms: STARTS
                     });
-                }
-                if self.ended() {
-                    no!(Reject::SaleEnded);
                 }
                 let r = self.reservable();
                 if r == 0 {
@@ -431,13 +431,13 @@ impl Model {
                 }
             }
             Command::JoinWaitlist { user_id, qty, .. } => {
+                if self.ended() {
+                    no!(Reject::SaleEnded);
+                }
                 if !self.started() {
                     no!(Reject::SaleNotStarted {
                         starts_at_ms: STARTS
                     });
-                }
-                if self.ended() {
-                    no!(Reject::SaleEnded);
                 }
                 if let Some(WaitState::Waiting { .. }) = self.waiting.get(user_id) {
                     let position =
