@@ -168,13 +168,13 @@ mod tests {
     }
 
     #[test]
-    fn scan_merges_pending_puts_and_deletes_in_order() {
+    fn scan_merges_pending_puts_and_deletes_in_order() -> Result<(), StoreError> {
         let base = kv(&[(b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"d", b"4")]);
         let mut t = Txn::new(&base);
         t.delete(b"a".to_vec());
         t.put_raw(b"bb".to_vec(), b"x".to_vec());
         t.put_raw(b"c".to_vec(), b"33".to_vec());
-        let got = t.scan(b"a", b"z", 3).unwrap();
+        let got = t.scan(b"a", b"z", 3)?;
         let want: Vec<(Vec<u8>, Vec<u8>)> = vec![
             (b"b".to_vec(), b"2".to_vec()),
             (b"bb".to_vec(), b"x".to_vec()),
@@ -182,21 +182,23 @@ mod tests {
         ];
         assert_eq!(got, want);
         // The limit counts live keys, not deleted ones.
-        assert_eq!(t.scan(b"a", b"b", 5).unwrap(), vec![]);
-        assert_eq!(t.scan(b"c", b"e", 10).unwrap().len(), 2);
+        assert_eq!(t.scan(b"a", b"b", 5)?, vec![]);
+        assert_eq!(t.scan(b"c", b"e", 10)?.len(), 2);
+        Ok(())
     }
 
     #[test]
-    fn reads_see_pending_writes() {
+    fn reads_see_pending_writes() -> Result<(), StoreError> {
         let base = kv(&[(b"k", b"old")]);
         let mut t = Txn::new(&base);
-        assert_eq!(t.get_raw(b"k").unwrap(), Some(b"old".to_vec()));
+        assert_eq!(t.get_raw(b"k")?, Some(b"old".to_vec()));
         t.put_raw(b"k".to_vec(), b"new".to_vec());
-        assert_eq!(t.get_raw(b"k").unwrap(), Some(b"new".to_vec()));
+        assert_eq!(t.get_raw(b"k")?, Some(b"new".to_vec()));
         t.delete(b"k".to_vec());
-        assert!(!t.exists(b"k").unwrap());
+        assert!(!t.exists(b"k")?);
         let mut state = base.clone();
         commit_to_mem(&mut state, t.into_writes());
         assert!(state.is_empty());
+        Ok(())
     }
 }
