@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use self::log::LogStore;
-pub use self::sm::StateMachineStore;
+pub use self::sm::{hash_pairs, StateMachineStore};
 use crate::error::StoreError;
 use crate::kv::KvRead;
 use crate::kv::Pair;

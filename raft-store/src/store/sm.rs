@@ -199,8 +199,10 @@ impl StateMachineStore {
         let Some(path) = snapshot::latest(&self.snapshot_dir)? else {
             return Ok(None);
         };
-        let file = File::open(&path)?;
+        let mut file = File::open(&path)?;
+        // The reader shares the handle's offset: rewind so the caller reads from byte 0.
         let (_, meta) = SnapshotReader::open(file.try_clone()?)?;
+        std::io::Seek::rewind(&mut file)?;
         Ok(Some(Snapshot {
             meta,
             snapshot: file,

@@ -247,3 +247,21 @@ const SNAPSHOT_FILE_GOLDEN: &str = concat!(
     "53544b534e41503101000000080000000101010700000000030000001061000200000076310900",
     "000011000000000000000100000000ffffffff0200000000000000cb098192020f9f31"
 );
+
+/// Regression: the current snapshot's file handle must be at byte 0 (its header was read
+/// through a clone sharing the offset, and a peer received a file without its magic).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_snapshot_handle_reads_from_the_start() {
+    let dir = TempDir::new().unwrap();
+    let (_l, mut sm) = open(&StoreOptions::new(dir.path())).unwrap();
+    apply_all(&mut sm, entries(1, &workload(50))).await;
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut cur = sm.get_current_snapshot().await.unwrap().unwrap();
+    let mut magic = [0u8; 8];
+    cur.snapshot.read_exact(&mut magic).unwrap();
+    assert_eq!(&magic, b"STKSNAP1");
+}

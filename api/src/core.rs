@@ -1,0 +1,95 @@
+//! What both APIs do the same way: validate a command, propose it, turn a rejection into
+//! an [`ApiError`] and count it; read a view at a level; stream a backup file in chunks.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use stockade_raft_store::{validate, Command, Response};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::cluster::{Cluster, ReadLevel, Served};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// Validates and proposes `cmd`. `Ok` carries a success response and the serving node;
+/// a business rejection comes back as `ApiError::Rejected` with that node.
+pub(crate) async fn propose<C: Cluster>(
+    cluster: &C,
+    metrics: &Metrics,
+    cmd: Command,
+) -> Result<Served<Response>, ApiError> {
+    if let Err(reject) = validate::proposal(&cmd) {
+        metrics.rejected(reject.code());
+        return Err(ApiError::Rejected {
+            reject,
+            served_by: None,
+        });
+    }
+    let served = cluster.propose(cmd).await?;
+    match served.value {
+        Response::Rejected(reject) => {
+            metrics.rejected(reject.code());
+            Err(ApiError::Rejected {
+                reject,
+                served_by: Some(served.served_by),
+            })
+        }
+        Response::Held(ref g) => {
+            metrics.reserved(g.qty);
+            Ok(served)
+        }
+        _ => Ok(served),
+    }
+}
+
+/// A view of the state at `level`.
+pub(crate) async fn read<C: Cluster>(
+    cluster: &C,
+    level: ReadLevel,
+) -> Result<Served<C::View>, ApiError> {
+    Ok(cluster.read(level).await?)
+}
+
+/// An answer of the wrong kind for the command: a bug, never the client's fault.
+pub(crate) fn unexpected(what: &str, r: &Response) -> ApiError {
+    ApiError::Internal(format!("unexpected answer to {what}: {r:?}"))
+}
+
+/// Reads `len` bytes of `file` on a blocking thread and yields them in chunks of at most
+/// `chunk_bytes`; the bounded channel makes the reader wait for a slow client.
+pub(crate) fn file_chunks(
+    file: std::fs::File,
+    len: u64,
+    chunk_bytes: usize,
+) -> ReceiverStream<std::io::Result<Vec<u8>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let chunk_bytes = chunk_bytes.max(1);
+    tokio::task::spawn_blocking(move || {
+        let mut reader = file.take(len);
+        loop {
+            let mut buf = vec![0u8; chunk_bytes];
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.blocking_send(Ok(buf)).is_err() {
+                        break; // the client went away
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    break;
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// The shared state of both APIs on one node.
+pub(crate) struct Shared<C> {
+    pub cluster: Arc<C>,
+    pub limits: crate::ApiLimits,
+    pub metrics: Arc<Metrics>,
+}

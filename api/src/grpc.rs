@@ -1,0 +1,729 @@
+//! The gRPC API: `stockade.v1.Stockade` and `stockade.v1.Admin` over the same
+//! [`Cluster`], validation and error mapping as HTTP, plus server reflection.
+//!
+//! `ReserveStream` proposes up to `ApiLimits::reserve_stream_in_flight_max` reservations
+//! of one stream at once and answers each as it completes; a business rejection is an
+//! item's `error`, never the end of the stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use stockade_proto::v1 as pb;
+use stockade_raft_store::query::{self, SaleView};
+use stockade_raft_store::types::{self as t, HoldRecord, HoldState, OrderRecord, OrderStatus};
+use stockade_raft_store::{validate, Command, NodeAddr, Reject, Response as Answer};
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cluster::{Cluster, ClusterStatus, ReadLevel};
+use crate::core::{self, Shared};
+use crate::dto::cancel_reason_name;
+use crate::error::{ApiError, SERVED_BY_HEADER};
+use crate::http::{check_addr, check_voters};
+use crate::ApiLimits;
+
+type GrpcResult<T> = Result<Response<T>, Status>;
+
+/// The gRPC services over `cluster` (its own metrics; use [`crate::Api`] to share them
+/// with HTTP), with default limits.
+pub fn grpc_routes<C: Cluster>(cluster: Arc<C>) -> tonic::service::Routes {
+    crate::Api::new(cluster, ApiLimits::default()).grpc_routes()
+}
+
+pub(crate) fn routes<C: Cluster>(shared: Arc<Shared<C>>) -> tonic::service::Routes {
+    let routes =
+        tonic::service::Routes::new(pb::stockade_server::StockadeServer::new(StockadeService {
+            s: shared.clone(),
+        }))
+        .add_service(pb::admin_server::AdminServer::new(AdminService {
+            s: shared,
+        }));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(stockade_proto::FILE_DESCRIPTOR_SET)
+        // The internal Raft transport is in the same descriptor set; clients need not see it.
+        .with_service_name("stockade.v1.Stockade")
+        .with_service_name("stockade.v1.Admin")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .build_v1();
+    match reflection {
+        Ok(svc) => routes.add_service(svc),
+        Err(e) => {
+            // Only a corrupt embedded descriptor set can get here; serve without it.
+            tracing::error!(error = %e, "gRPC reflection disabled");
+            routes
+        }
+    }
+}
+
+/// `stockade.v1.Stockade`.
+pub struct StockadeService<C> {
+    s: Arc<Shared<C>>,
+}
+
+/// `stockade.v1.Admin`.
+pub struct AdminService<C> {
+    s: Arc<Shared<C>>,
+}
+
+/// A success answer tagged with the node that served it.
+fn ok<T>(msg: T, served_by: u64) -> GrpcResult<T> {
+    let mut r = Response::new(msg);
+    r.metadata_mut()
+        .insert(SERVED_BY_HEADER, MetadataValue::from(served_by));
+    Ok(r)
+}
+
+fn level(consistency: i32) -> Result<ReadLevel, ApiError> {
+    match pb::Consistency::try_from(consistency) {
+        Ok(pb::Consistency::Unspecified | pb::Consistency::Linearizable) => {
+            Ok(ReadLevel::Linearizable)
+        }
+        Ok(pb::Consistency::Stale) => Ok(ReadLevel::Stale),
+        Err(_) => Err(ApiError::invalid("consistency", "unknown value")),
+    }
+}
+
+fn page_limit(limit: u32, l: &ApiLimits) -> Result<usize, ApiError> {
+    // 0 is proto3's "unset": the server's default page size.
+    crate::http::page_limit((limit != 0).then_some(limit), l)
+}
+
+fn rejected(reject: Reject, served_by: u64) -> ApiError {
+    ApiError::Rejected {
+        reject,
+        served_by: Some(served_by),
+    }
+}
+
+fn check(r: Result<(), Reject>) -> Result<(), ApiError> {
+    r.map_err(|reject| ApiError::Rejected {
+        reject,
+        served_by: None,
+    })
+}
+
+fn spec_from_pb(spec: Option<pb::SaleSpec>) -> Result<t::SaleSpec, ApiError> {
+    let s = spec.ok_or_else(|| ApiError::invalid("spec", "required"))?;
+    let p = s
+        .product
+        .ok_or_else(|| ApiError::invalid("spec.product", "required"))?;
+    Ok(t::SaleSpec {
+        id: s.id,
+        product: t::Product {
+            sku: p.sku,
+            name: p.name,
+            description: p.description,
+            image_url: p.image_url,
+        },
+        list_price_minor: s.list_price_minor,
+        sale_price_minor: s.sale_price_minor,
+        currency: s.currency,
+        quantity: s.quantity,
+        starts_at_ms: s.starts_at_ms,
+        ends_at_ms: s.ends_at_ms,
+        per_user_limit: s.per_user_limit,
+        hold_ttl_ms: s.hold_ttl_ms,
+        payment_window_ms: s.payment_window_ms,
+    })
+}
+
+fn sale_to_pb(v: SaleView) -> pb::Sale {
+    let st = &v.stats;
+    let stats = pb::SaleStats {
+        holds_granted: st.holds_granted,
+        units_reserved: st.units_reserved,
+        holds_expired: st.holds_expired,
+        holds_released: st.holds_released,
+        checkouts: st.checkouts,
+        orders_paid: st.orders_paid,
+        orders_cancelled: st.orders_cancelled,
+        orders_timed_out: st.orders_timed_out,
+        unique_buyers: st.unique_buyers,
+        waitlist_joined: st.waitlist_joined,
+        waitlist_promoted: st.waitlist_promoted,
+        sold_out_at_ms: st.sold_out_at_ms,
+        fully_sold_at_ms: st.fully_sold_at_ms,
+        waitlist_len: v.waitlist_len,
+    };
+    let s = v.spec;
+    pb::Sale {
+        spec: Some(pb::SaleSpec {
+            id: s.id,
+            product: Some(pb::Product {
+                sku: s.product.sku,
+                name: s.product.name,
+                description: s.product.description,
+                image_url: s.product.image_url,
+            }),
+            list_price_minor: s.list_price_minor,
+            sale_price_minor: s.sale_price_minor,
+            currency: s.currency,
+            quantity: s.quantity,
+            starts_at_ms: s.starts_at_ms,
+            ends_at_ms: s.ends_at_ms,
+            per_user_limit: s.per_user_limit,
+            hold_ttl_ms: s.hold_ttl_ms,
+            payment_window_ms: s.payment_window_ms,
+        }),
+        status: v.status.name().to_string(),
+        counters: Some(pb::Counters {
+            available: v.counters.available,
+            held: v.counters.held,
+            awaiting_payment: v.counters.awaiting_payment,
+            sold: v.counters.sold,
+        }),
+        stats: Some(stats),
+        ended_early_at_ms: v.ended_early_at_ms,
+        as_of_ms: v.as_of_ms,
+    }
+}
+
+fn hold_to_pb(h: HoldRecord) -> pb::Hold {
+    pb::Hold {
+        order_id: match h.state {
+            HoldState::CheckedOut { order_id } => Some(order_id),
+            _ => None,
+        },
+        state: h.state.name().to_string(),
+        hold_id: h.id,
+        sale_id: h.sale_id,
+        user_id: h.user_id,
+        qty: h.qty,
+        created_at_ms: h.created_at_ms,
+        expires_at_ms: h.expires_at_ms,
+        from_waitlist: h.from_waitlist,
+    }
+}
+
+fn order_to_pb(o: OrderRecord) -> pb::Order {
+    let (payment_ref, cancel_reason) = match &o.status {
+        OrderStatus::Paid { payment_ref, .. } => (Some(payment_ref.clone()), None),
+        OrderStatus::Cancelled { reason, .. } => {
+            (None, Some(cancel_reason_name(reason).to_string()))
+        }
+        OrderStatus::AwaitingPayment | OrderStatus::Confirmed => (None, None),
+    };
+    pb::Order {
+        status: o.status.name().to_string(),
+        order_id: o.id,
+        sale_id: o.sale_id,
+        user_id: o.user_id,
+        hold_id: o.hold_id,
+        qty: o.qty,
+        amount_minor: o.amount_minor,
+        currency: o.currency,
+        pay_by_ms: o.pay_by_ms,
+        created_at_ms: o.created_at_ms,
+        payment_ref,
+        cancel_reason,
+    }
+}
+
+fn grant_to_pb(g: t::HoldGrant) -> pb::HoldGrant {
+    pb::HoldGrant {
+        hold_id: g.hold_id,
+        sale_id: g.sale_id,
+        qty: g.qty,
+        expires_at_ms: g.expires_at_ms,
+    }
+}
+
+fn status_to_pb(s: ClusterStatus) -> pb::ClusterStatus {
+    pb::ClusterStatus {
+        node_id: s.node_id,
+        role: s.role,
+        term: s.term,
+        leader_id: s.leader_id,
+        last_log_index: s.last_log_index,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        snapshot_index: s.snapshot_index,
+        members: s
+            .members
+            .into_iter()
+            .map(|m| pb::Member {
+                node_id: m.node_id,
+                raft_addr: m.raft_addr,
+                api_addr: m.api_addr,
+                voter: m.voter,
+            })
+            .collect(),
+        replication: s
+            .replication
+            .into_iter()
+            .map(|r| pb::Replication {
+                node_id: r.node_id,
+                matched_index: r.matched_index,
+                lag: r.lag,
+            })
+            .collect(),
+    }
+}
+
+impl<C: Cluster> StockadeService<C> {
+    async fn propose(&self, cmd: Command) -> Result<(Answer, u64), ApiError> {
+        let served = core::propose(&*self.s.cluster, &self.s.metrics, cmd).await?;
+        Ok((served.value, served.served_by))
+    }
+
+    async fn order_id_answer(&self, what: &str, cmd: Command) -> GrpcResult<pb::OrderIdResponse> {
+        match self.propose(cmd).await? {
+            (Answer::Paid { order_id }, by)
+            | (Answer::PaymentFailed { order_id }, by)
+            | (Answer::Cancelled { order_id }, by) => ok(pb::OrderIdResponse { order_id }, by),
+            (other, _) => Err(core::unexpected(what, &other).into()),
+        }
+    }
+}
+
+/// One reservation of a stream, answered as an item (errors included).
+async fn reserve_item<C: Cluster>(
+    s: Arc<Shared<C>>,
+    r: pb::ReserveRequest,
+) -> pb::ReserveStreamResponse {
+    use pb::reserve_stream_response::Result as R;
+    let request_id = r.request_id.clone();
+    let cmd = Command::Reserve {
+        sale_id: r.sale_id,
+        user_id: r.user_id,
+        qty: r.qty,
+        request_id: r.request_id,
+    };
+    let (result, served_by) = match core::propose(&*s.cluster, &s.metrics, cmd).await {
+        Ok(served) => match served.value {
+            Answer::Held(g) => (R::Hold(grant_to_pb(g)), served.served_by),
+            other => {
+                let e = core::unexpected("reserve", &other);
+                (R::Error(error_to_pb(&e)), served.served_by)
+            }
+        },
+        // 0: no node served it (refused before proposing, or the cluster failed).
+        Err(e) => (R::Error(error_to_pb(&e)), e.served_by().unwrap_or(0)),
+    };
+    pb::ReserveStreamResponse {
+        request_id,
+        result: Some(result),
+        served_by,
+    }
+}
+
+fn error_to_pb(e: &ApiError) -> pb::Error {
+    let b = e.body();
+    pb::Error {
+        code: b.code,
+        message: b.message,
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl<C: Cluster> pb::stockade_server::Stockade for StockadeService<C> {
+    async fn create_sale(
+        &self,
+        req: Request<pb::CreateSaleRequest>,
+    ) -> GrpcResult<pb::SaleIdResponse> {
+        let spec = spec_from_pb(req.into_inner().spec)?;
+        match self.propose(Command::CreateSale(spec)).await? {
+            (Answer::SaleCreated { sale_id }, by) => ok(pb::SaleIdResponse { sale_id }, by),
+            (other, _) => Err(core::unexpected("create_sale", &other).into()),
+        }
+    }
+
+    async fn update_sale(
+        &self,
+        req: Request<pb::UpdateSaleRequest>,
+    ) -> GrpcResult<pb::SaleIdResponse> {
+        let spec = spec_from_pb(req.into_inner().spec)?;
+        match self.propose(Command::UpdateSale(spec)).await? {
+            (Answer::SaleUpdated { sale_id }, by) => ok(pb::SaleIdResponse { sale_id }, by),
+            (other, _) => Err(core::unexpected("update_sale", &other).into()),
+        }
+    }
+
+    async fn get_sale(&self, req: Request<pb::GetSaleRequest>) -> GrpcResult<pb::Sale> {
+        let r = req.into_inner();
+        check(validate::sale_id_field("sale_id", &r.sale_id))?;
+        let view = core::read(&*self.s.cluster, level(r.consistency)?).await?;
+        match query::sale(&view.value, &r.sale_id).map_err(ApiError::from)? {
+            Some(v) => ok(sale_to_pb(v), view.served_by),
+            None => Err(rejected(Reject::SaleNotFound, view.served_by).into()),
+        }
+    }
+
+    async fn list_sales(
+        &self,
+        req: Request<pb::ListSalesRequest>,
+    ) -> GrpcResult<pb::ListSalesResponse> {
+        let r = req.into_inner();
+        let limit = page_limit(r.limit, &self.s.limits)?;
+        let view = core::read(&*self.s.cluster, level(r.consistency)?).await?;
+        let after = (!r.after.is_empty()).then_some(r.after.as_str());
+        let sales = query::sales(&view.value, after, limit).map_err(ApiError::from)?;
+        ok(
+            pb::ListSalesResponse {
+                sales: sales.into_iter().map(sale_to_pb).collect(),
+            },
+            view.served_by,
+        )
+    }
+
+    async fn end_sale(&self, req: Request<pb::EndSaleRequest>) -> GrpcResult<pb::EndSaleResponse> {
+        let sale_id = req.into_inner().sale_id;
+        match self.propose(Command::EndSale { sale_id }).await? {
+            (
+                Answer::SaleEnded {
+                    sale_id,
+                    ended_at_ms,
+                },
+                by,
+            ) => ok(
+                pb::EndSaleResponse {
+                    sale_id,
+                    ended_at_ms,
+                },
+                by,
+            ),
+            (other, _) => Err(core::unexpected("end_sale", &other).into()),
+        }
+    }
+
+    async fn reserve(&self, req: Request<pb::ReserveRequest>) -> GrpcResult<pb::HoldGrant> {
+        let r = req.into_inner();
+        let cmd = Command::Reserve {
+            sale_id: r.sale_id,
+            user_id: r.user_id,
+            qty: r.qty,
+            request_id: r.request_id,
+        };
+        match self.propose(cmd).await? {
+            (Answer::Held(g), by) => ok(grant_to_pb(g), by),
+            (other, _) => Err(core::unexpected("reserve", &other).into()),
+        }
+    }
+
+    type ReserveStreamStream = BoxStream<pb::ReserveStreamResponse>;
+
+    async fn reserve_stream(
+        &self,
+        req: Request<Streaming<pb::ReserveRequest>>,
+    ) -> GrpcResult<Self::ReserveStreamStream> {
+        let inbound = req.into_inner();
+        let s = self.s.clone();
+        let in_flight = s.limits.reserve_stream_in_flight_max.max(1);
+        // buffer_unordered pulls a new request only while fewer than `in_flight` are
+        // pending, and yields answers in completion order.
+        let out = inbound
+            .map(move |item| {
+                let s = s.clone();
+                async move {
+                    match item {
+                        Ok(r) => Ok(reserve_item(s, r).await),
+                        // A broken request stream (decode or transport error) ends ours.
+                        Err(status) => Err(status),
+                    }
+                }
+            })
+            .buffer_unordered(in_flight);
+        ok(
+            Box::pin(out) as Self::ReserveStreamStream,
+            self.s.cluster.node_id(),
+        )
+    }
+
+    async fn get_hold(&self, req: Request<pb::GetHoldRequest>) -> GrpcResult<pb::Hold> {
+        let r = req.into_inner();
+        let view = core::read(&*self.s.cluster, level(r.consistency)?).await?;
+        match query::hold(&view.value, r.hold_id).map_err(ApiError::from)? {
+            Some(h) => ok(hold_to_pb(h), view.served_by),
+            None => Err(rejected(Reject::HoldNotFound, view.served_by).into()),
+        }
+    }
+
+    async fn release(&self, req: Request<pb::ReleaseRequest>) -> GrpcResult<pb::ReleaseResponse> {
+        let r = req.into_inner();
+        let cmd = Command::Release {
+            user_id: r.user_id,
+            hold_id: r.hold_id,
+            request_id: r.request_id,
+        };
+        match self.propose(cmd).await? {
+            (Answer::Released { hold_id }, by) => ok(pb::ReleaseResponse { hold_id }, by),
+            (other, _) => Err(core::unexpected("release", &other).into()),
+        }
+    }
+
+    async fn checkout(&self, req: Request<pb::CheckoutRequest>) -> GrpcResult<pb::Order> {
+        let r = req.into_inner();
+        let (user_id, hold_id) = (r.user_id.clone(), r.hold_id);
+        let cmd = Command::Checkout {
+            user_id: r.user_id,
+            hold_id,
+            request_id: r.request_id,
+        };
+        match self.propose(cmd).await? {
+            (Answer::CheckedOut(info), by) => {
+                // The answer lacks the record's creation time: read it back when this
+                // node already has it, else answer from what checkout returned.
+                let full = match self.s.cluster.read(ReadLevel::Stale).await {
+                    Ok(view) => query::order(&view.value, info.order_id).ok().flatten(),
+                    Err(_) => None,
+                };
+                let order = match full {
+                    Some(o) => order_to_pb(o),
+                    None => pb::Order {
+                        order_id: info.order_id,
+                        sale_id: info.sale_id,
+                        user_id,
+                        hold_id,
+                        qty: info.qty,
+                        amount_minor: info.amount_minor,
+                        currency: info.currency,
+                        status: info.status.name().to_string(),
+                        pay_by_ms: info.pay_by_ms,
+                        created_at_ms: 0,
+                        payment_ref: None,
+                        cancel_reason: None,
+                    },
+                };
+                ok(order, by)
+            }
+            (other, _) => Err(core::unexpected("checkout", &other).into()),
+        }
+    }
+
+    async fn get_order(&self, req: Request<pb::GetOrderRequest>) -> GrpcResult<pb::Order> {
+        let r = req.into_inner();
+        let view = core::read(&*self.s.cluster, level(r.consistency)?).await?;
+        match query::order(&view.value, r.order_id).map_err(ApiError::from)? {
+            Some(o) => ok(order_to_pb(o), view.served_by),
+            None => Err(rejected(Reject::OrderNotFound, view.served_by).into()),
+        }
+    }
+
+    async fn list_orders(
+        &self,
+        req: Request<pb::ListOrdersRequest>,
+    ) -> GrpcResult<pb::ListOrdersResponse> {
+        let r = req.into_inner();
+        check(validate::user_id_field(&r.user_id))?;
+        let limit = page_limit(r.limit, &self.s.limits)?;
+        let view = core::read(&*self.s.cluster, level(r.consistency)?).await?;
+        let after = (r.after_id != 0).then_some(r.after_id);
+        let orders =
+            query::user_orders(&view.value, &r.user_id, after, limit).map_err(ApiError::from)?;
+        ok(
+            pb::ListOrdersResponse {
+                orders: orders.into_iter().map(order_to_pb).collect(),
+            },
+            view.served_by,
+        )
+    }
+
+    async fn confirm_payment(
+        &self,
+        req: Request<pb::ConfirmPaymentRequest>,
+    ) -> GrpcResult<pb::OrderIdResponse> {
+        let r = req.into_inner();
+        let cmd = Command::ConfirmPayment {
+            user_id: r.user_id,
+            order_id: r.order_id,
+            amount_minor: r.amount_minor,
+            currency: r.currency,
+            payment_ref: r.payment_ref,
+            request_id: r.request_id,
+        };
+        self.order_id_answer("confirm_payment", cmd).await
+    }
+
+    async fn fail_payment(
+        &self,
+        req: Request<pb::FailPaymentRequest>,
+    ) -> GrpcResult<pb::OrderIdResponse> {
+        let r = req.into_inner();
+        let cmd = Command::FailPayment {
+            user_id: r.user_id,
+            order_id: r.order_id,
+            reason: r.reason,
+            request_id: r.request_id,
+        };
+        self.order_id_answer("fail_payment", cmd).await
+    }
+
+    async fn cancel_order(
+        &self,
+        req: Request<pb::CancelOrderRequest>,
+    ) -> GrpcResult<pb::OrderIdResponse> {
+        let r = req.into_inner();
+        let cmd = Command::CancelOrder {
+            user_id: r.user_id,
+            order_id: r.order_id,
+            request_id: r.request_id,
+        };
+        self.order_id_answer("cancel_order", cmd).await
+    }
+
+    async fn join_waitlist(
+        &self,
+        req: Request<pb::JoinWaitlistRequest>,
+    ) -> GrpcResult<pb::JoinWaitlistResponse> {
+        let r = req.into_inner();
+        let cmd = Command::JoinWaitlist {
+            sale_id: r.sale_id,
+            user_id: r.user_id,
+            qty: r.qty,
+            request_id: r.request_id,
+        };
+        match self.propose(cmd).await? {
+            (Answer::WaitlistJoined { position, .. }, by) => {
+                ok(pb::JoinWaitlistResponse { position }, by)
+            }
+            (other, _) => Err(core::unexpected("join_waitlist", &other).into()),
+        }
+    }
+
+    async fn leave_waitlist(
+        &self,
+        req: Request<pb::LeaveWaitlistRequest>,
+    ) -> GrpcResult<pb::LeaveWaitlistResponse> {
+        let r = req.into_inner();
+        let cmd = Command::LeaveWaitlist {
+            sale_id: r.sale_id,
+            user_id: r.user_id,
+            request_id: r.request_id,
+        };
+        match self.propose(cmd).await? {
+            (Answer::WaitlistLeft { .. }, by) => ok(pb::LeaveWaitlistResponse {}, by),
+            (other, _) => Err(core::unexpected("leave_waitlist", &other).into()),
+        }
+    }
+
+    async fn waitlist_position(
+        &self,
+        req: Request<pb::WaitlistPositionRequest>,
+    ) -> GrpcResult<pb::WaitlistPositionResponse> {
+        let r = req.into_inner();
+        check(validate::sale_id_field("sale_id", &r.sale_id))?;
+        check(validate::user_id_field(&r.user_id))?;
+        let view = core::read(&*self.s.cluster, level(r.consistency)?).await?;
+        if query::sale(&view.value, &r.sale_id)
+            .map_err(ApiError::from)?
+            .is_none()
+        {
+            return Err(rejected(Reject::SaleNotFound, view.served_by).into());
+        }
+        let w =
+            query::waitlist_status(&view.value, &r.sale_id, &r.user_id).map_err(ApiError::from)?;
+        let msg = match w {
+            query::WaitlistStatus::NotWaitlisted => pb::WaitlistPositionResponse {
+                state: "not_waitlisted".into(),
+                ..Default::default()
+            },
+            query::WaitlistStatus::Waiting { position, qty } => pb::WaitlistPositionResponse {
+                state: "waiting".into(),
+                position,
+                qty,
+                hold_id: None,
+            },
+            query::WaitlistStatus::Promoted { hold_id } => pb::WaitlistPositionResponse {
+                state: "promoted".into(),
+                hold_id: Some(hold_id),
+                ..Default::default()
+            },
+        };
+        ok(msg, view.served_by)
+    }
+}
+
+impl<C: Cluster> AdminService<C> {
+    async fn status_answer(&self) -> GrpcResult<pb::ClusterStatus> {
+        let st = self.s.cluster.status().await.map_err(ApiError::from)?;
+        ok(status_to_pb(st), self.s.cluster.node_id())
+    }
+}
+
+#[tonic::async_trait]
+impl<C: Cluster> pb::admin_server::Admin for AdminService<C> {
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> GrpcResult<pb::ClusterStatus> {
+        self.status_answer().await
+    }
+
+    async fn add_learner(
+        &self,
+        req: Request<pb::AddLearnerRequest>,
+    ) -> GrpcResult<pb::ClusterStatus> {
+        let r = req.into_inner();
+        check_addr("raft_addr", &r.raft_addr)?;
+        check_addr("api_addr", &r.api_addr)?;
+        let addr = NodeAddr {
+            raft_addr: r.raft_addr,
+            api_addr: r.api_addr,
+        };
+        self.s
+            .cluster
+            .add_learner(r.node_id, addr)
+            .await
+            .map_err(ApiError::from)?;
+        self.status_answer().await
+    }
+
+    async fn change_membership(
+        &self,
+        req: Request<pb::ChangeMembershipRequest>,
+    ) -> GrpcResult<pb::ClusterStatus> {
+        let r = req.into_inner();
+        let voters = check_voters(&r.voters)?;
+        self.s
+            .cluster
+            .change_membership(voters, r.retain)
+            .await
+            .map_err(ApiError::from)?;
+        self.status_answer().await
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> GrpcResult<pb::ClusterStatus> {
+        self.s
+            .cluster
+            .transfer_leader(req.into_inner().to)
+            .await
+            .map_err(ApiError::from)?;
+        self.status_answer().await
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        _req: Request<pb::TriggerSnapshotRequest>,
+    ) -> GrpcResult<pb::ClusterStatus> {
+        self.s
+            .cluster
+            .trigger_snapshot()
+            .await
+            .map_err(ApiError::from)?;
+        self.status_answer().await
+    }
+
+    type BackupStream = BoxStream<pb::BackupChunk>;
+
+    async fn backup(&self, _req: Request<pb::BackupRequest>) -> GrpcResult<Self::BackupStream> {
+        let b = self.s.cluster.backup().await.map_err(ApiError::from)?;
+        let chunks = core::file_chunks(b.file, b.len_bytes, self.s.limits.backup_chunk_bytes).map(
+            |r| match r {
+                Ok(data) => Ok(pb::BackupChunk { data }),
+                Err(e) => Err(ApiError::Internal(format!("reading the snapshot: {e}")).to_status()),
+            },
+        );
+        let mut resp = ok(
+            Box::pin(chunks) as Self::BackupStream,
+            self.s.cluster.node_id(),
+        )?;
+        if let Some(i) = b.last_index {
+            resp.metadata_mut()
+                .insert("x-stockade-snapshot-index", MetadataValue::from(i));
+        }
+        Ok(resp)
+    }
+}

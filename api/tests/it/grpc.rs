@@ -1,0 +1,409 @@
+//! The gRPC API over a real tonic server on 127.0.0.1: unary calls, error codes with
+//! `x-stockade-code`, the bidirectional ReserveStream, Admin backup, and reflection.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use stockade_api::{Api, ApiLimits, ClusterError};
+use stockade_proto::v1 as pb;
+use stockade_proto::v1::admin_client::AdminClient;
+use stockade_proto::v1::stockade_client::StockadeClient;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::common::*;
+
+struct Server {
+    fake: Arc<Fake>,
+    addr: SocketAddr,
+}
+
+impl Server {
+    async fn start() -> Server {
+        Server::with_limits(ApiLimits::default()).await
+    }
+
+    async fn with_limits(limits: ApiLimits) -> Server {
+        let fake = Fake::new();
+        let routes = Api::new(fake.clone(), limits).grpc_routes();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        Server { fake, addr }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn client(&self) -> StockadeClient<Channel> {
+        StockadeClient::new(self.channel().await)
+    }
+}
+
+fn spec(quantity: u32) -> pb::SaleSpec {
+    pb::SaleSpec {
+        id: SALE.into(),
+        product: Some(pb::Product {
+            sku: "SKU-1".into(),
+            name: "Phone".into(),
+            description: "A phone".into(),
+            image_url: "https://img.example/p.png".into(),
+        }),
+        list_price_minor: 100_000,
+        sale_price_minor: 49_900,
+        currency: "EUR".into(),
+        quantity,
+        starts_at_ms: 1_000,
+        ends_at_ms: 100_000,
+        per_user_limit: 2,
+        hold_ttl_ms: 5_000,
+        payment_window_ms: 10_000,
+    }
+}
+
+fn reserve_req(user: &str, qty: u32, req: &str) -> pb::ReserveRequest {
+    pb::ReserveRequest {
+        sale_id: SALE.into(),
+        user_id: user.into(),
+        qty,
+        request_id: req.into(),
+    }
+}
+
+async fn open_sale(s: &Server, c: &mut StockadeClient<Channel>, quantity: u32) {
+    let r = c
+        .create_sale(pb::CreateSaleRequest {
+            spec: Some(spec(quantity)),
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.get_ref().sale_id, SALE);
+    assert_eq!(r.metadata().get("x-stockade-served-by").unwrap(), "7");
+    s.fake.set_clock(2_000);
+}
+
+fn code_of(status: &tonic::Status) -> &str {
+    status
+        .metadata()
+        .get("x-stockade-code")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("<none>")
+}
+
+#[tokio::test]
+async fn reserve_ok_then_sold_out_is_failed_precondition() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    open_sale(&s, &mut c, 1).await;
+
+    let r = c.reserve(reserve_req("alice", 1, "r1")).await.unwrap();
+    assert_eq!(r.metadata().get("x-stockade-served-by").unwrap(), "7");
+    assert_eq!(
+        r.into_inner(),
+        pb::HoldGrant {
+            hold_id: 1,
+            sale_id: SALE.into(),
+            qty: 1,
+            expires_at_ms: 7_000
+        }
+    );
+
+    let e = c.reserve(reserve_req("bob", 1, "r2")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(code_of(&e), "sold_out");
+    assert_eq!(e.message(), "sold out");
+    assert_eq!(e.metadata().get("x-stockade-served-by").unwrap(), "7");
+
+    let e = c.reserve(reserve_req("bob", 0, "r3")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(code_of(&e), "invalid");
+
+    let e = c
+        .reserve(pb::ReserveRequest {
+            sale_id: "nope".into(),
+            ..reserve_req("bob", 1, "r4")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert_eq!(code_of(&e), "sale_not_found");
+
+    let e = c
+        .checkout(pb::CheckoutRequest {
+            user_id: "bob".into(),
+            hold_id: 1,
+            request_id: "c".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(code_of(&e), "not_owner");
+}
+
+#[tokio::test]
+async fn reads_checkout_and_orders_over_grpc() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    open_sale(&s, &mut c, 5).await;
+    c.reserve(reserve_req("alice", 2, "r1")).await.unwrap();
+    let order = c
+        .checkout(pb::CheckoutRequest {
+            user_id: "alice".into(),
+            hold_id: 1,
+            request_id: "c1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(order.order_id, 2);
+    assert_eq!(order.status, "awaiting_payment");
+    assert_eq!(order.created_at_ms, 2_000);
+    assert_eq!(order.amount_minor, 99_800);
+
+    let sale = c
+        .get_sale(pb::GetSaleRequest {
+            sale_id: SALE.into(),
+            consistency: pb::Consistency::Stale as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sale.status, "active");
+    assert_eq!(sale.counters.unwrap().awaiting_payment, 2);
+    assert_eq!(
+        s.fake.reads.lock().unwrap().last(),
+        Some(&stockade_api::ReadLevel::Stale)
+    );
+    let e = c
+        .get_sale(pb::GetSaleRequest {
+            sale_id: SALE.into(),
+            consistency: 42,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    let hold = c
+        .get_hold(pb::GetHoldRequest {
+            hold_id: 1,
+            consistency: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hold.state, "checked_out");
+    assert_eq!(hold.order_id, Some(2));
+
+    let paid = c
+        .confirm_payment(pb::ConfirmPaymentRequest {
+            user_id: "alice".into(),
+            order_id: 2,
+            amount_minor: 99_800,
+            currency: "EUR".into(),
+            payment_ref: "pay-1".into(),
+            request_id: "p1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(paid.order_id, 2);
+    let orders = c
+        .list_orders(pb::ListOrdersRequest {
+            user_id: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .orders;
+    assert_eq!(orders.len(), 1);
+    assert_eq!(orders[0].status, "paid");
+    assert_eq!(orders[0].payment_ref.as_deref(), Some("pay-1"));
+
+    let e = c
+        .get_order(pb::GetOrderRequest {
+            order_id: 99,
+            consistency: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert_eq!(code_of(&e), "order_not_found");
+}
+
+#[tokio::test]
+async fn reserve_stream_answers_each_request_and_survives_rejections() {
+    let s = Server::with_limits(ApiLimits {
+        reserve_stream_in_flight_max: 2,
+        ..ApiLimits::default()
+    })
+    .await;
+    let mut c = s.client().await;
+    open_sale(&s, &mut c, 3).await;
+
+    let reqs = vec![
+        reserve_req("u1", 1, "a"),
+        reserve_req("u2", 1, "b"),
+        reserve_req("u3", 0, "bad-qty"),
+        reserve_req("u4", 1, "c"),
+        reserve_req("u5", 1, "d"),
+    ];
+    let resp = c.reserve_stream(tokio_stream::iter(reqs)).await.unwrap();
+    assert_eq!(resp.metadata().get("x-stockade-served-by").unwrap(), "7");
+    let mut inbound = resp.into_inner();
+    let mut answers = BTreeMap::new();
+    while let Some(item) = inbound.next().await {
+        let item = item.unwrap();
+        answers.insert(item.request_id.clone(), item);
+    }
+    assert_eq!(answers.len(), 5, "{answers:?}");
+    use pb::reserve_stream_response::Result as R;
+    let mut held = 0;
+    let mut sold_out = 0;
+    for (id, a) in &answers {
+        match a.result.as_ref().unwrap() {
+            R::Hold(g) => {
+                held += 1;
+                assert_eq!(g.qty, 1);
+                assert_eq!(a.served_by, 7);
+            }
+            R::Error(e) if id == "bad-qty" => {
+                assert_eq!(e.code, "invalid");
+                assert_eq!(e.message, "invalid qty: must be 1..=100");
+                assert_eq!(a.served_by, 0, "refused before proposing");
+            }
+            R::Error(e) => {
+                assert_eq!(e.code, "sold_out", "{id}");
+                assert_eq!(a.served_by, 7);
+                sold_out += 1;
+            }
+        }
+    }
+    assert_eq!((held, sold_out), (3, 1));
+    assert!(matches!(answers["bad-qty"].result, Some(R::Error(_))));
+}
+
+#[tokio::test]
+async fn no_leader_is_unavailable_with_code_and_retry_hint() {
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    s.fake.fail_with(Some(ClusterError::NoLeader {
+        retry_after_ms: 250,
+    }));
+    let e = c.reserve(reserve_req("alice", 1, "r1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert_eq!(code_of(&e), "no_leader");
+    assert_eq!(
+        e.metadata().get("x-stockade-retry-after-ms").unwrap(),
+        "250"
+    );
+    s.fake
+        .fail_with(Some(ClusterError::Overloaded { retry_after_ms: 5 }));
+    let e = c
+        .list_sales(pb::ListSalesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert_eq!(code_of(&e), "overloaded");
+}
+
+#[tokio::test]
+async fn admin_status_and_backup_in_chunks() {
+    let s = Server::with_limits(ApiLimits {
+        backup_chunk_bytes: 100,
+        ..ApiLimits::default()
+    })
+    .await;
+    let mut a = AdminClient::new(s.channel().await);
+    let st = a.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(st.role, "leader");
+    assert_eq!(st.leader_id, Some(7));
+    let st = a
+        .change_membership(pb::ChangeMembershipRequest {
+            voters: vec![7, 8],
+            retain: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.node_id, 7);
+    assert_eq!(
+        s.fake.admin_calls.lock().unwrap().as_slice(),
+        ["membership {7, 8} false"]
+    );
+    let e = a
+        .change_membership(pb::ChangeMembershipRequest {
+            voters: vec![],
+            retain: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    let e = a.backup(pb::BackupRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert_eq!(code_of(&e), "not_found");
+
+    let bytes: Vec<u8> = (0..1050u32).map(|i| (i % 253) as u8).collect();
+    *s.fake.backup_bytes.lock().unwrap() = Some(bytes.clone());
+    let mut stream = a.backup(pb::BackupRequest {}).await.unwrap().into_inner();
+    let mut got = Vec::new();
+    let mut chunks = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        assert!(chunk.data.len() <= 100);
+        got.extend_from_slice(&chunk.data);
+        chunks += 1;
+    }
+    assert_eq!(chunks, 11);
+    assert_eq!(got, bytes);
+}
+
+#[tokio::test]
+async fn reflection_lists_the_public_services() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let s = Server::start().await;
+    let mut r = ServerReflectionClient::new(s.channel().await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = r
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = resp.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
+        panic!("unexpected reflection answer: {first:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"stockade.v1.Stockade".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"stockade.v1.Admin".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.starts_with("stockade.raft")),
+        "internal transport is not advertised: {names:?}"
+    );
+}

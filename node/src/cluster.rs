@@ -1,0 +1,518 @@
+//! The node's implementation of the API's `Cluster` port: leader forwarding, read
+//! levels, group commit, and the admin operations.
+//!
+//! Writes: on the leader, a proposal joins the group-commit queue ([`crate::batcher`]);
+//! on a follower it is forwarded to the leader over the internal transport and the
+//! answer says which node served it. A proposal that meets a leader change is retried
+//! (on the new leader): this is safe because every client command is idempotent by
+//! `(user_id, request_id)` and every operator command by content.
+//!
+//! Reads: `stale` reads this node's applied state; `linearizable` first gets a read
+//! index from the leader (openraft's read index, or its lease when configured) and waits
+//! until this node has applied up to it, so followers serve linearizable reads too.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ReadPolicy, ServerState};
+use stockade_api::{
+    Backup, Cluster, ClusterError, ClusterStatus, Member, ReadLevel, Readiness, Replication, Served,
+};
+use stockade_raft_store::store::StateView;
+use stockade_raft_store::{Command, LogStore, NodeAddr, Raft, Response, StateMachineStore};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::network::{self, Pool};
+use crate::stamp::Stamper;
+use crate::wire::{ForwardRequest, ForwardResponse, ForwardResult, WireError};
+
+/// How long a client is told to wait when there is no leader.
+const NO_LEADER_RETRY_MS: u64 = 500;
+/// How long a client is told to wait when the proposal queue is full.
+const OVERLOADED_RETRY_MS: u64 = 50;
+/// Attempts of one proposal across leader changes.
+const PROPOSE_ATTEMPTS_MAX: usize = 3;
+/// How long a request waits for a leader to appear before answering 503.
+const LEADER_WAIT: Duration = Duration::from_millis(1_000);
+
+/// Tunables of the write and read paths.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub propose_timeout: Duration,
+    pub read_timeout: Duration,
+    pub read_policy: ReadPolicy,
+}
+
+/// One proposal waiting in the group-commit queue.
+pub struct Proposal {
+    pub cmd: Command,
+    pub reply: oneshot::Sender<Result<Response, ProposeError>>,
+}
+
+/// Why a local proposal did not produce a response.
+#[derive(Debug)]
+pub enum ProposeError {
+    /// This node is not (or no longer) the leader; the hint names the new one.
+    NotLeader(Option<u64>),
+    Cluster(ClusterError),
+}
+
+/// Counters of the write path, exported as metrics.
+#[derive(Default, Debug)]
+pub struct WriteStats {
+    pub proposals: AtomicU64,
+    pub entries: AtomicU64,
+    pub forwarded: AtomicU64,
+}
+
+pub struct NodeCluster {
+    pub(crate) id: u64,
+    pub(crate) raft: Raft,
+    pub(crate) sm: StateMachineStore,
+    pub(crate) log: LogStore,
+    pub(crate) pool: Pool,
+    pub(crate) stamper: Arc<Stamper>,
+    pub(crate) proposals: mpsc::Sender<Proposal>,
+    pub(crate) cfg: ClusterConfig,
+    pub(crate) stats: Arc<WriteStats>,
+}
+
+fn internal(e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Internal(e.to_string())
+}
+
+impl NodeCluster {
+    /// A hash of this replica's domain state (every state-machine key except the Raft
+    /// bookkeeping `last_applied` and `membership`): equal on replicas that applied the
+    /// same commands.
+    pub fn state_hash(&self) -> Result<u64, stockade_raft_store::StoreError> {
+        use stockade_raft_store::keys;
+        let pairs: Vec<_> = self
+            .sm
+            .dump()?
+            .into_iter()
+            .filter(|(k, _)| k != keys::META_LAST_APPLIED && k != keys::META_MEMBERSHIP)
+            .collect();
+        Ok(stockade_raft_store::store::hash_pairs(&pairs))
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// The leader id, waiting up to `LEADER_WAIT` for one to be elected.
+    async fn wait_leader(&self) -> Result<u64, ClusterError> {
+        if let Some(l) = self.leader() {
+            return Ok(l);
+        }
+        let m = self
+            .raft
+            .wait(Some(LEADER_WAIT))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .map_err(|_| ClusterError::NoLeader {
+                retry_after_ms: NO_LEADER_RETRY_MS,
+            })?;
+        m.current_leader.ok_or(ClusterError::NoLeader {
+            retry_after_ms: NO_LEADER_RETRY_MS,
+        })
+    }
+
+    fn raft_addr_of(&self, id: u64) -> Result<String, ClusterError> {
+        let m = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
+        m.membership()
+            .get_node(&id)
+            .map(|n| n.raft_addr.clone())
+            .ok_or(ClusterError::NoLeader {
+                retry_after_ms: NO_LEADER_RETRY_MS,
+            })
+    }
+
+    /// Queues a proposal for the local group-commit batcher (leader only).
+    pub(crate) async fn propose_local(&self, cmd: Command) -> Result<Response, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.stats.proposals.fetch_add(1, Ordering::Relaxed);
+        self.proposals
+            .try_send(Proposal { cmd, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    ProposeError::Cluster(ClusterError::Overloaded {
+                        retry_after_ms: OVERLOADED_RETRY_MS,
+                    })
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    ProposeError::Cluster(internal("the batcher has stopped"))
+                }
+            })?;
+        match tokio::time::timeout(self.cfg.propose_timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ProposeError::Cluster(ClusterError::Unknown(
+                "the proposal was dropped".into(),
+            ))),
+            Err(_) => Err(ProposeError::Cluster(ClusterError::Unknown(
+                "timed out waiting for commit".into(),
+            ))),
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: u64,
+        req: &ForwardRequest,
+    ) -> Result<(ForwardResponse, u64), ClusterError> {
+        let addr = self.raft_addr_of(leader)?;
+        self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        let out: ForwardResult =
+            network::forward(&self.pool, &addr, req)
+                .await
+                .map_err(|s| match s.code() {
+                    tonic::Code::Unavailable => ClusterError::NoLeader {
+                        retry_after_ms: NO_LEADER_RETRY_MS,
+                    },
+                    _ => {
+                        ClusterError::Unknown(format!("forward to node {leader}: {}", s.message()))
+                    }
+                })?;
+        out.map_err(ClusterError::from)
+    }
+
+    /// Runs a request that only the leader can serve, here or on the leader.
+    async fn on_leader(&self, req: ForwardRequest) -> Result<(ForwardResponse, u64), ClusterError> {
+        let mut last = ClusterError::NoLeader {
+            retry_after_ms: NO_LEADER_RETRY_MS,
+        };
+        for _ in 0..PROPOSE_ATTEMPTS_MAX {
+            let leader = self.wait_leader().await?;
+            let result = if leader == self.id {
+                match self.serve_as_leader(&req).await {
+                    Ok(r) => return Ok((r, self.id)),
+                    Err(ProposeError::Cluster(e)) => Err(e),
+                    Err(ProposeError::NotLeader(hint)) => {
+                        // Lost leadership on the way: wait for the next one and retry.
+                        if let Some(h) = hint.filter(|&h| h != self.id) {
+                            self.forward(h, &req).await
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                }
+            } else {
+                self.forward(leader, &req).await
+            };
+            match result {
+                Ok(ok) => return Ok(ok),
+                // The leader we knew is gone; try whoever leads next.
+                Err(e @ ClusterError::NoLeader { .. }) => {
+                    last = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Serves a forwarded (or local) request on this node, which believes it leads.
+    pub(crate) async fn serve_as_leader(
+        &self,
+        req: &ForwardRequest,
+    ) -> Result<ForwardResponse, ProposeError> {
+        match req {
+            ForwardRequest::Propose(cmd) => self
+                .propose_local(cmd.clone())
+                .await
+                .map(ForwardResponse::Proposed),
+            ForwardRequest::ReadIndex => {
+                let read = self
+                    .raft
+                    .ensure_linearizable(self.cfg.read_policy.clone())
+                    .await
+                    .map_err(raft_err)?;
+                Ok(ForwardResponse::ReadIndex(read.index()))
+            }
+            ForwardRequest::AddLearner { node_id, addr } => {
+                self.raft
+                    .add_learner(*node_id, addr.clone(), true)
+                    .await
+                    .map_err(raft_err)?;
+                Ok(ForwardResponse::Done)
+            }
+            ForwardRequest::ChangeMembership { voters, retain } => {
+                self.raft
+                    .change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), *retain)
+                    .await
+                    .map_err(raft_err)?;
+                Ok(ForwardResponse::Done)
+            }
+            ForwardRequest::TransferLeader { to } => {
+                if !self
+                    .raft
+                    .metrics()
+                    .borrow_watched()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == *to)
+                {
+                    return Err(ProposeError::Cluster(ClusterError::Refused(format!(
+                        "node {to} is not a voter"
+                    ))));
+                }
+                self.raft
+                    .trigger()
+                    .transfer_leader(*to)
+                    .await
+                    .map_err(|e| ProposeError::Cluster(internal(e)))?;
+                Ok(ForwardResponse::Done)
+            }
+        }
+    }
+
+    /// The answer to a request forwarded to this node.
+    pub(crate) async fn handle_forward(&self, req: ForwardRequest) -> ForwardResult {
+        match self.serve_as_leader(&req).await {
+            Ok(r) => Ok((r, self.id)),
+            Err(ProposeError::NotLeader(_)) => Err(WireError::NoLeader {
+                retry_after_ms: NO_LEADER_RETRY_MS,
+            }),
+            Err(ProposeError::Cluster(e)) => Err(e.into()),
+        }
+    }
+}
+
+/// Maps openraft's errors: "not the leader" is retried by the caller, the rest surface.
+pub(crate) fn raft_err<E>(e: RaftError<stockade_raft_store::TypeConfig, E>) -> ProposeError
+where
+    E: std::fmt::Debug + std::fmt::Display + ForwardHint,
+{
+    match e {
+        RaftError::APIError(api) => match api.forward_hint() {
+            Some(hint) => ProposeError::NotLeader(hint),
+            None => ProposeError::Cluster(ClusterError::Refused(api.to_string())),
+        },
+        RaftError::Fatal(f) => ProposeError::Cluster(internal(f)),
+    }
+}
+
+/// openraft API errors that may mean "ask the leader".
+pub(crate) trait ForwardHint {
+    /// `Some(leader hint)` when the error is a forward-to-leader.
+    fn forward_hint(&self) -> Option<Option<u64>>;
+}
+
+impl ForwardHint for ClientWriteError<stockade_raft_store::TypeConfig> {
+    fn forward_hint(&self) -> Option<Option<u64>> {
+        match self {
+            ClientWriteError::ForwardToLeader(f) => Some(f.leader_id),
+            _ => None,
+        }
+    }
+}
+
+impl ForwardHint for openraft::error::LinearizableReadError<stockade_raft_store::TypeConfig> {
+    fn forward_hint(&self) -> Option<Option<u64>> {
+        match self {
+            openraft::error::LinearizableReadError::ForwardToLeader(f) => Some(f.leader_id),
+            _ => None,
+        }
+    }
+}
+
+impl ForwardHint for std::convert::Infallible {
+    fn forward_hint(&self) -> Option<Option<u64>> {
+        None
+    }
+}
+
+impl Cluster for NodeCluster {
+    type View = StateView;
+
+    fn node_id(&self) -> u64 {
+        self.id
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<Served<Response>, ClusterError> {
+        let (resp, served_by) = self.on_leader(ForwardRequest::Propose(cmd)).await?;
+        match resp {
+            ForwardResponse::Proposed(r) => Ok(Served {
+                value: r,
+                served_by,
+            }),
+            other => Err(internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    async fn read(&self, level: ReadLevel) -> Result<Served<StateView>, ClusterError> {
+        if level == ReadLevel::Linearizable {
+            let (resp, _) = self.on_leader(ForwardRequest::ReadIndex).await?;
+            let ForwardResponse::ReadIndex(index) = resp else {
+                return Err(internal(format!("unexpected answer {resp:?}")));
+            };
+            self.raft
+                .wait(Some(self.cfg.read_timeout))
+                .applied_index_at_least(Some(index), "linearizable read")
+                .await
+                .map_err(|_| {
+                    ClusterError::Unknown(format!("did not apply up to {index} in time"))
+                })?;
+        }
+        Ok(Served {
+            value: self.sm.view(),
+            served_by: self.id,
+        })
+    }
+
+    async fn status(&self) -> Result<ClusterStatus, ClusterError> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, n)| Member {
+                node_id: *id,
+                raft_addr: n.raft_addr.clone(),
+                api_addr: n.api_addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        let last = m.last_log_index.unwrap_or(0);
+        let replication = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != self.id)
+                    .map(|(id, matched)| {
+                        let matched_index = matched.as_ref().map(|l| l.index);
+                        Replication {
+                            node_id: *id,
+                            matched_index,
+                            lag: last.saturating_sub(matched_index.unwrap_or(0)),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(ClusterStatus {
+            node_id: self.id,
+            role: role_name(m.state, voters.contains(&self.id)).to_string(),
+            term: m.current_term,
+            leader_id: m.current_leader,
+            last_log_index: last,
+            commit_index: m.local_committed.map_or(0, |l| l.index),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            members,
+            replication,
+        })
+    }
+
+    fn readiness(&self) -> Readiness {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let committed = m.local_committed.map_or(0, |l| l.index);
+        Readiness {
+            has_leader: m.current_leader.is_some(),
+            caught_up: applied >= committed,
+        }
+    }
+
+    async fn add_learner(&self, node_id: u64, addr: NodeAddr) -> Result<(), ClusterError> {
+        self.on_leader(ForwardRequest::AddLearner { node_id, addr })
+            .await
+            .map(|_| ())
+    }
+
+    async fn change_membership(
+        &self,
+        voters: BTreeSet<u64>,
+        retain: bool,
+    ) -> Result<(), ClusterError> {
+        if voters.is_empty() {
+            return Err(ClusterError::Refused(
+                "a cluster needs at least one voter".into(),
+            ));
+        }
+        self.on_leader(ForwardRequest::ChangeMembership { voters, retain })
+            .await
+            .map(|_| ())
+    }
+
+    async fn transfer_leader(&self, to: u64) -> Result<(), ClusterError> {
+        self.on_leader(ForwardRequest::TransferLeader { to })
+            .await?;
+        self.raft
+            .wait(Some(Duration::from_secs(5)))
+            .metrics(|m| m.current_leader == Some(to), "the new leader")
+            .await
+            .map_err(|_| {
+                ClusterError::Unknown(format!("node {to} did not become leader within 5 s"))
+            })?;
+        Ok(())
+    }
+
+    async fn trigger_snapshot(&self) -> Result<(), ClusterError> {
+        let applied = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .map(|l| l.index);
+        let Some(applied) = applied else {
+            return Err(ClusterError::NotFound(
+                "nothing applied yet: no snapshot to take".into(),
+            ));
+        };
+        self.raft.trigger().snapshot().await.map_err(internal)?;
+        self.raft
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "snapshot",
+            )
+            .await
+            .map_err(|e| ClusterError::Unknown(format!("snapshot not finished: {e}")))?;
+        Ok(())
+    }
+
+    async fn backup(&self) -> Result<Backup, ClusterError> {
+        use openraft::storage::RaftStateMachine;
+        let mut sm = self.sm.clone();
+        let snap = sm.get_current_snapshot().await.map_err(internal)?;
+        let Some(snap) = snap else {
+            return Err(ClusterError::NotFound(
+                "no snapshot yet: trigger one first".into(),
+            ));
+        };
+        let len_bytes = snap.snapshot.metadata().map_err(internal)?.len();
+        Ok(Backup {
+            file: snap.snapshot,
+            len_bytes,
+            last_index: snap.meta.last_log_id.map(|l| l.index),
+        })
+    }
+
+    fn metrics_text(&self) -> String {
+        crate::metrics::render(self)
+    }
+}
+
+fn role_name(state: ServerState, voter: bool) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Candidate => "candidate",
+        ServerState::Follower if voter => "follower",
+        ServerState::Follower | ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}

@@ -1,0 +1,294 @@
+//! Command-line flags (each also an environment variable `STOCKADE_…`), validated into
+//! one [`Config`] that is passed down; nothing reads flags or the environment later.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use stockade_raft_store::limits::BATCH_COMMANDS_MAX;
+use stockade_raft_store::NodeAddr;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "stockade",
+    version,
+    about = "A flash-sale inventory node. With no arguments: a single-node cluster in ./stockade-data, \
+             HTTP on 127.0.0.1:8080 and gRPC on 127.0.0.1:50051.",
+    after_help = "Examples:\n  \
+        stockade\n  \
+        stockade --node-id 1 --data-dir /var/lib/stockade/1 --http-listen 0.0.0.0:8080 --grpc-listen 0.0.0.0:50051 \\\n    \
+        --http-advertise 10.0.0.1:8080 --grpc-advertise 10.0.0.1:50051 \\\n    \
+        --peers 1=10.0.0.1:50051/10.0.0.1:8080,2=10.0.0.2:50051/10.0.0.2:8080,3=10.0.0.3:50051/10.0.0.3:8080"
+)]
+pub struct Args {
+    /// This node's id (unique in the cluster, > 0).
+    #[arg(long, env = "STOCKADE_NODE_ID", default_value_t = 1)]
+    pub node_id: u64,
+    /// Where the RocksDB store and snapshots live.
+    #[arg(long, env = "STOCKADE_DATA_DIR", default_value = "stockade-data")]
+    pub data_dir: PathBuf,
+    /// HTTP API (client, admin, metrics) listen address.
+    #[arg(long, env = "STOCKADE_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+    /// gRPC (client API, admin API and Raft transport) listen address.
+    #[arg(long, env = "STOCKADE_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    pub grpc_listen: SocketAddr,
+    /// HTTP address other nodes and clients use to reach this node (default: the bound listen address).
+    #[arg(long, env = "STOCKADE_HTTP_ADVERTISE")]
+    pub http_advertise: Option<String>,
+    /// gRPC address other nodes use to reach this node (default: the bound listen address).
+    #[arg(long, env = "STOCKADE_GRPC_ADVERTISE")]
+    pub grpc_advertise: Option<String>,
+    /// The initial cluster, `ID=GRPC_ADDR/HTTP_ADDR,...`, including this node. Empty: a
+    /// single-node cluster of this node.
+    #[arg(long, env = "STOCKADE_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Whether this node initializes the cluster: `auto` = when its store is empty and it
+    /// has the lowest id of `--peers` (or there are no peers); `never` = wait to be added
+    /// (admin API `add-learner`).
+    #[arg(long, env = "STOCKADE_INIT", value_enum, default_value_t = InitMode::Auto)]
+    pub init: InitMode,
+    #[arg(long, env = "STOCKADE_HEARTBEAT_MS", default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    #[arg(long, env = "STOCKADE_ELECTION_MIN_MS", default_value_t = 400)]
+    pub election_min_ms: u64,
+    #[arg(long, env = "STOCKADE_ELECTION_MAX_MS", default_value_t = 800)]
+    pub election_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    #[arg(
+        long,
+        env = "STOCKADE_SNAPSHOT_EVERY_ENTRIES",
+        default_value_t = 20_000
+    )]
+    pub snapshot_every_entries: u64,
+    /// Log entries kept behind a snapshot (so slightly lagging followers need no snapshot).
+    #[arg(long, env = "STOCKADE_LOG_KEEP_ENTRIES", default_value_t = 5_000)]
+    pub log_keep_entries: u64,
+    /// Commands per log entry in group commit (1 = off).
+    #[arg(long, env = "STOCKADE_BATCH_MAX", default_value_t = 256)]
+    pub batch_max: usize,
+    /// Microseconds the first command of a batch may wait for company.
+    #[arg(long, env = "STOCKADE_BATCH_LINGER_US", default_value_t = 0)]
+    pub batch_linger_us: u64,
+    /// Proposals queued on the leader before requests get 429.
+    #[arg(long, env = "STOCKADE_PROPOSE_QUEUE_MAX", default_value_t = 16_384)]
+    pub propose_queue_max: usize,
+    /// Log entries proposed and not yet answered.
+    #[arg(long, env = "STOCKADE_INFLIGHT_ENTRIES_MAX", default_value_t = 64)]
+    pub inflight_entries_max: usize,
+    #[arg(long, env = "STOCKADE_PROPOSE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub propose_timeout_ms: u64,
+    #[arg(long, env = "STOCKADE_FORWARD_TIMEOUT_MS", default_value_t = 6_000)]
+    pub forward_timeout_ms: u64,
+    #[arg(long, env = "STOCKADE_READ_TIMEOUT_MS", default_value_t = 3_000)]
+    pub read_timeout_ms: u64,
+    /// How linearizable reads confirm leadership.
+    #[arg(long, env = "STOCKADE_READ_POLICY", value_enum, default_value_t = ReadPolicyArg::ReadIndex)]
+    pub read_policy: ReadPolicyArg,
+    /// Added to this node's wall clock when it stamps entries (fault injection only).
+    #[arg(
+        long,
+        env = "STOCKADE_CLOCK_SKEW_MS",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub clock_skew_ms: i64,
+    #[arg(long, env = "STOCKADE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitMode {
+    Auto,
+    Never,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadPolicyArg {
+    ReadIndex,
+    Lease,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration of a node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    pub http_listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
+    pub http_advertise: Option<String>,
+    pub grpc_advertise: Option<String>,
+    /// The initial cluster (empty: just this node).
+    pub peers: BTreeMap<u64, NodeAddr>,
+    pub init: InitMode,
+    pub raft: openraft::Config,
+    pub batch: crate::batcher::BatchConfig,
+    pub propose_queue_max: usize,
+    pub propose_timeout: Duration,
+    pub forward_timeout: Duration,
+    pub read_timeout: Duration,
+    pub read_policy: openraft::ReadPolicy,
+    pub clock_skew_ms: i64,
+    pub log_format: LogFormat,
+}
+
+/// Why a configuration is refused (printed as one line; exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--node-id must be greater than 0")]
+    NodeIdZero,
+    #[error("--peers entry {0:?} is not ID=GRPC_ADDR/HTTP_ADDR")]
+    BadPeer(String),
+    #[error("--peers lists node {0} twice")]
+    DuplicatePeer(u64),
+    #[error("--peers does not include this node ({0})")]
+    SelfNotInPeers(u64),
+    #[error("--batch-max must be 1..={max}", max = BATCH_COMMANDS_MAX)]
+    BatchMax,
+    #[error("{0} must be greater than 0")]
+    Zero(&'static str),
+    #[error("invalid Raft timing: {0}")]
+    Raft(String),
+}
+
+impl Args {
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        if self.node_id == 0 {
+            return Err(ConfigError::NodeIdZero);
+        }
+        let mut peers = BTreeMap::new();
+        for p in self.peers.iter().filter(|p| !p.trim().is_empty()) {
+            let (id, addrs) = p
+                .split_once('=')
+                .ok_or_else(|| ConfigError::BadPeer(p.clone()))?;
+            let (grpc, http) = addrs
+                .split_once('/')
+                .ok_or_else(|| ConfigError::BadPeer(p.clone()))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::BadPeer(p.clone()))?;
+            if id == 0 || grpc.trim().is_empty() || http.trim().is_empty() {
+                return Err(ConfigError::BadPeer(p.clone()));
+            }
+            let addr = NodeAddr {
+                raft_addr: grpc.trim().to_string(),
+                api_addr: http.trim().to_string(),
+            };
+            if peers.insert(id, addr).is_some() {
+                return Err(ConfigError::DuplicatePeer(id));
+            }
+        }
+        if !peers.is_empty() && !peers.contains_key(&self.node_id) {
+            return Err(ConfigError::SelfNotInPeers(self.node_id));
+        }
+        if self.batch_max == 0 || self.batch_max > BATCH_COMMANDS_MAX {
+            return Err(ConfigError::BatchMax);
+        }
+        for (name, v) in [
+            ("--propose-queue-max", self.propose_queue_max as u64),
+            ("--inflight-entries-max", self.inflight_entries_max as u64),
+            ("--propose-timeout-ms", self.propose_timeout_ms),
+            ("--forward-timeout-ms", self.forward_timeout_ms),
+            ("--read-timeout-ms", self.read_timeout_ms),
+            ("--snapshot-every-entries", self.snapshot_every_entries),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        let raft = openraft::Config {
+            cluster_name: "stockade".into(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_min_ms,
+            election_timeout_max: self.election_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: self.log_keep_entries,
+            install_snapshot_timeout: 30_000,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ConfigError::Raft(e.to_string()))?;
+        Ok(Config {
+            node_id: self.node_id,
+            data_dir: self.data_dir,
+            http_listen: self.http_listen,
+            grpc_listen: self.grpc_listen,
+            http_advertise: self.http_advertise,
+            grpc_advertise: self.grpc_advertise,
+            peers,
+            init: self.init,
+            raft,
+            batch: crate::batcher::BatchConfig {
+                batch_max: self.batch_max,
+                linger: Duration::from_micros(self.batch_linger_us),
+                inflight_max: self.inflight_entries_max,
+            },
+            propose_queue_max: self.propose_queue_max,
+            propose_timeout: Duration::from_millis(self.propose_timeout_ms),
+            forward_timeout: Duration::from_millis(self.forward_timeout_ms),
+            read_timeout: Duration::from_millis(self.read_timeout_ms),
+            read_policy: match self.read_policy {
+                ReadPolicyArg::ReadIndex => openraft::ReadPolicy::ReadIndex,
+                ReadPolicyArg::Lease => openraft::ReadPolicy::LeaseRead,
+            },
+            clock_skew_ms: self.clock_skew_ms,
+            log_format: self.log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut all = vec!["stockade"];
+        all.extend_from_slice(args);
+        Args::try_parse_from(all)
+            .map_err(|e| ConfigError::Raft(e.to_string()))?
+            .validate()
+    }
+
+    #[test]
+    fn defaults_are_a_single_local_node() -> Result<(), ConfigError> {
+        let c = parse(&[])?;
+        assert_eq!(c.node_id, 1);
+        assert!(c.peers.is_empty());
+        assert_eq!(c.http_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.grpc_listen.to_string(), "127.0.0.1:50051");
+        Ok(())
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_a_reason() {
+        let bad = |args: &[&str], want: &str| {
+            let err = parse(args).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                err.contains(want),
+                "{args:?}: {err:?} does not mention {want:?}"
+            );
+        };
+        bad(&["--node-id", "0"], "greater than 0");
+        bad(&["--peers", "1=a:1"], "ID=GRPC_ADDR/HTTP_ADDR");
+        bad(&["--peers", "1=a:1/b:2,1=c:1/d:2"], "twice");
+        bad(
+            &["--node-id", "4", "--peers", "1=a:1/b:2"],
+            "does not include",
+        );
+        bad(&["--batch-max", "0"], "--batch-max");
+        bad(
+            &["--election-min-ms", "50", "--heartbeat-ms", "100"],
+            "Raft timing",
+        );
+    }
+}

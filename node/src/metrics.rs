@@ -1,0 +1,120 @@
+//! Raft and write-path gauges in the Prometheus text format, appended to the API's own
+//! metrics at `/metrics`. Values are read at scrape time from openraft's metrics, so
+//! there is nothing to keep in sync.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use openraft::async_runtime::WatchReceiver;
+
+use crate::cluster::NodeCluster;
+
+fn gauge(out: &mut String, name: &str, help: &str, samples: &[(String, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name}_total {v}"
+    );
+}
+
+pub fn render(c: &NodeCluster) -> String {
+    let m = c.raft.metrics().borrow_watched().clone();
+    let mut out = String::new();
+    let one = |v: u64| vec![(String::new(), v)];
+    gauge(
+        &mut out,
+        "stockade_raft_term",
+        "Current Raft term.",
+        &one(m.current_term),
+    );
+    gauge(
+        &mut out,
+        "stockade_raft_is_leader",
+        "1 if this node is the leader.",
+        &one(u64::from(c.raft.is_leader())),
+    );
+    gauge(
+        &mut out,
+        "stockade_raft_leader_id",
+        "Known leader id (0 = none).",
+        &one(m.current_leader.unwrap_or(0)),
+    );
+    let last = m.last_log_index.unwrap_or(0);
+    gauge(
+        &mut out,
+        "stockade_raft_last_log_index",
+        "Last log index on this node.",
+        &one(last),
+    );
+    gauge(
+        &mut out,
+        "stockade_raft_commit_index",
+        "Committed index known to this node.",
+        &one(m.local_committed.map_or(0, |l| l.index)),
+    );
+    gauge(
+        &mut out,
+        "stockade_raft_applied_index",
+        "Last applied index.",
+        &one(m.last_applied.map_or(0, |l| l.index)),
+    );
+    gauge(
+        &mut out,
+        "stockade_raft_snapshot_index",
+        "Index of the last snapshot.",
+        &one(m.snapshot.map_or(0, |l| l.index)),
+    );
+    if let Some(rep) = &m.replication {
+        let lag: Vec<(String, u64)> = rep
+            .iter()
+            .filter(|(id, _)| **id != c.id)
+            .map(|(id, matched)| {
+                (
+                    format!("follower=\"{id}\""),
+                    last.saturating_sub(matched.as_ref().map_or(0, |l| l.index)),
+                )
+            })
+            .collect();
+        gauge(
+            &mut out,
+            "stockade_raft_replication_lag_entries",
+            "Entries a follower is behind (leader only).",
+            &lag,
+        );
+    }
+    counter(
+        &mut out,
+        "stockade_proposals",
+        "Commands proposed on this node as leader.",
+        c.stats.proposals.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "stockade_log_entries_proposed",
+        "Log entries proposed (a batch is one entry).",
+        c.stats.entries.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "stockade_forwarded_requests",
+        "Requests forwarded to the leader.",
+        c.stats.forwarded.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "stockade_wal_syncs",
+        "WAL fsyncs for log appends.",
+        c.log.wal_syncs(),
+    );
+    out
+}

@@ -1,0 +1,96 @@
+//! The Raft network, server side: the `RaftTransport` gRPC service that hands peers'
+//! messages to openraft and serves forwarded requests.
+//!
+//! Every answer is `Result<T, String>` in bincode: an `Err` is a fault of this node
+//! (shutting down, storage), which the sender treats as a network failure.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+use stockade_proto::raft::raft_transport_server::RaftTransport;
+use stockade_proto::raft::{Envelope, SnapshotChunk};
+use stockade_raft_store::Raft;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cluster::NodeCluster;
+use crate::network;
+use crate::wire;
+
+pub struct TransportService {
+    pub raft: Raft,
+    pub cluster: Arc<NodeCluster>,
+    pub snapshot_dir: std::path::PathBuf,
+    pub incoming: AtomicU64,
+}
+
+fn answer<T: Serialize, E: std::fmt::Display>(
+    r: Result<T, E>,
+) -> Result<Response<Envelope>, Status> {
+    let r: Result<T, String> = r.map_err(|e| e.to_string());
+    Ok(Response::new(Envelope {
+        payload: wire::encode(&r)?,
+    }))
+}
+
+#[tonic::async_trait]
+impl RaftTransport for TransportService {
+    async fn append_entries(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let rpc = wire::decode(&req.into_inner().payload)?;
+        answer(self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let rpc = wire::decode(&req.into_inner().payload)?;
+        answer(self.raft.vote(rpc).await)
+    }
+
+    async fn pre_vote(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let rpc = wire::decode(&req.into_inner().payload)?;
+        answer(self.raft.pre_vote(rpc).await)
+    }
+
+    async fn transfer_leader(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let rpc = wire::decode(&req.into_inner().payload)?;
+        answer(self.raft.handle_transfer_leader(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<Envelope>, Status> {
+        let n = self.incoming.fetch_add(1, Ordering::Relaxed);
+        let path = self.snapshot_dir.join(format!("incoming-{n}.part"));
+        let received = network::receive_snapshot(req.into_inner(), &path).await;
+        let result = match received {
+            Ok((vote, meta)) => match std::fs::File::open(&path) {
+                Ok(file) => {
+                    let snapshot = openraft::alias::SnapshotOf::<
+                        stockade_raft_store::TypeConfig,
+                        std::fs::File,
+                    > {
+                        meta,
+                        snapshot: file,
+                    };
+                    self.raft
+                        .install_full_snapshot(vote, snapshot)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            Err(s) => Err(s.message().to_string()),
+        };
+        // The store kept its own verified copy; the received file is no longer needed.
+        let _ = std::fs::remove_file(&path);
+        answer(result)
+    }
+
+    async fn forward(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let fwd: wire::ForwardRequest = wire::decode(&req.into_inner().payload)?;
+        let out = self.cluster.handle_forward(fwd).await;
+        Ok(Response::new(Envelope {
+            payload: wire::encode(&out)?,
+        }))
+    }
+}

@@ -1,0 +1,89 @@
+//! What nodes send each other besides Raft messages, and the one codec for all of it.
+//!
+//! Everything on the internal transport is bincode (the same configuration raft-store
+//! persists with) inside a protobuf `Envelope`.
+
+use std::collections::BTreeSet;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use stockade_api::ClusterError;
+use stockade_raft_store::{Command, NodeAddr, Response};
+
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, tonic::Status> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| tonic::Status::internal(format!("encode: {e}")))
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, tonic::Status> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| tonic::Status::invalid_argument(format!("decode: {e}")))
+}
+
+/// A request a follower hands to the leader.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum ForwardRequest {
+    Propose(Command),
+    AddLearner {
+        node_id: u64,
+        addr: NodeAddr,
+    },
+    ChangeMembership {
+        voters: BTreeSet<u64>,
+        retain: bool,
+    },
+    TransferLeader {
+        to: u64,
+    },
+    /// A linearizable read index: the leader confirms its leadership and answers the
+    /// index a follower must have applied before it reads.
+    ReadIndex,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub enum ForwardResponse {
+    Proposed(Response),
+    Done,
+    ReadIndex(u64),
+}
+
+/// `ClusterError` as it crosses the wire (the API crate's type has no serde on purpose).
+#[derive(Serialize, Deserialize, Debug)]
+pub enum WireError {
+    NoLeader { retry_after_ms: u64 },
+    Overloaded { retry_after_ms: u64 },
+    Unknown(String),
+    NotFound(String),
+    Refused(String),
+    Internal(String),
+}
+
+impl From<ClusterError> for WireError {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::NoLeader { retry_after_ms } => WireError::NoLeader { retry_after_ms },
+            ClusterError::Overloaded { retry_after_ms } => WireError::Overloaded { retry_after_ms },
+            ClusterError::Unknown(s) => WireError::Unknown(s),
+            ClusterError::NotFound(s) => WireError::NotFound(s),
+            ClusterError::Refused(s) => WireError::Refused(s),
+            ClusterError::Internal(s) => WireError::Internal(s),
+        }
+    }
+}
+
+impl From<WireError> for ClusterError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::NoLeader { retry_after_ms } => ClusterError::NoLeader { retry_after_ms },
+            WireError::Overloaded { retry_after_ms } => ClusterError::Overloaded { retry_after_ms },
+            WireError::Unknown(s) => ClusterError::Unknown(s),
+            WireError::NotFound(s) => ClusterError::NotFound(s),
+            WireError::Refused(s) => ClusterError::Refused(s),
+            WireError::Internal(s) => ClusterError::Internal(s),
+        }
+    }
+}
+
+/// The leader's answer: the response and the id of the node that produced it.
+pub type ForwardResult = Result<(ForwardResponse, u64), WireError>;

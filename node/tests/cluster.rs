@@ -1,0 +1,495 @@
+//! In-process clusters over the real tonic transport on loopback ports: forwarding,
+//! failover without loss or double sale, snapshot catch-up, membership changes,
+//! replicated expiry and idempotency across a leader change.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use clap::Parser;
+use openraft::async_runtime::WatchReceiver;
+use stockade_api::{Cluster, ClusterError, ReadLevel};
+use stockade_node::{start, Args, NodeHandle};
+use stockade_raft_store::types::*;
+use stockade_raft_store::{query, Command, NodeAddr, Response};
+use tempfile::TempDir;
+
+const SALE: &str = "drop";
+
+fn args(id: u64, dir: &Path, http: &str, grpc: &str, extra: &[&str]) -> stockade_node::Config {
+    let mut a = vec![
+        "stockade".to_string(),
+        format!("--node-id={id}"),
+        format!("--data-dir={}", dir.join(format!("n{id}")).display()),
+        format!("--http-listen={http}"),
+        format!("--grpc-listen={grpc}"),
+        "--init=never".into(),
+        "--heartbeat-ms=50".into(),
+        "--election-min-ms=200".into(),
+        "--election-max-ms=400".into(),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    Args::try_parse_from(a)
+        .expect("args")
+        .validate()
+        .expect("valid config")
+}
+
+struct TestCluster {
+    dir: TempDir,
+    nodes: BTreeMap<u64, NodeHandle>,
+    extra: Vec<String>,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes on ephemeral ports and initializes them as one cluster.
+    async fn start(n: u64, extra: &[&str]) -> TestCluster {
+        // Logs for a failing run: RUST_LOG=info cargo nextest run -p stockade-node --no-capture
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+        let dir = TempDir::new().unwrap();
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            let node = start(args(id, dir.path(), "127.0.0.1:0", "127.0.0.1:0", extra))
+                .await
+                .unwrap();
+            nodes.insert(id, node);
+        }
+        let members: BTreeMap<u64, NodeAddr> =
+            nodes.iter().map(|(id, h)| (*id, addr_of(h))).collect();
+        nodes[&1].raft.initialize(members).await.unwrap();
+        let c = TestCluster {
+            dir,
+            nodes,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        c.leader().await;
+        c
+    }
+
+    /// The current leader id, waiting for one.
+    async fn leader(&self) -> u64 {
+        for _ in 0..200 {
+            for h in self.nodes.values() {
+                if h.raft.is_leader() {
+                    return h.id;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no leader elected");
+    }
+
+    fn follower(&self, leader: u64) -> u64 {
+        *self.nodes.keys().find(|&&id| id != leader).unwrap()
+    }
+
+    async fn stop(&mut self, id: u64) -> (String, String) {
+        let h = self.nodes.remove(&id).unwrap();
+        let addrs = (h.http_addr.to_string(), h.grpc_addr.to_string());
+        h.shutdown().await;
+        addrs
+    }
+
+    /// Restarts a stopped node from its data directory on its old addresses.
+    async fn restart(&mut self, id: u64, (http, grpc): (String, String)) {
+        let extra: Vec<&str> = self.extra.iter().map(|s| s.as_str()).collect();
+        let mut last = None;
+        for _ in 0..40 {
+            match start(args(id, self.dir.path(), &http, &grpc, &extra)).await {
+                Ok(h) => {
+                    self.nodes.insert(id, h);
+                    return;
+                }
+                Err(e) => last = Some(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("restart of node {id} failed: {last:?}");
+    }
+
+    async fn create_sale(&self, via: u64, spec: SaleSpec) {
+        let (r, _) = self.propose(via, Command::CreateSale(spec)).await;
+        assert_eq!(
+            r,
+            Response::SaleCreated {
+                sale_id: SALE.into()
+            }
+        );
+    }
+
+    async fn propose(&self, via: u64, cmd: Command) -> (Response, u64) {
+        let mut last = None;
+        for _ in 0..40 {
+            match self.nodes[&via].cluster.propose(cmd.clone()).await {
+                Ok(s) => return (s.value, s.served_by),
+                Err(e @ (ClusterError::NoLeader { .. } | ClusterError::Unknown(_))) => {
+                    last = Some(e)
+                }
+                Err(e) => panic!("propose failed: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("propose never succeeded: {last:?}");
+    }
+
+    async fn shutdown(self) {
+        for (_, h) in self.nodes {
+            h.shutdown().await;
+        }
+    }
+}
+
+fn addr_of(h: &NodeHandle) -> NodeAddr {
+    NodeAddr {
+        raft_addr: h.grpc_addr.to_string(),
+        api_addr: h.http_addr.to_string(),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A sale that has started (stamps are wall-clock ms) and lasts an hour.
+fn sale(quantity: u32, hold_ttl_ms: u64) -> SaleSpec {
+    let now = now_ms();
+    SaleSpec {
+        id: SALE.into(),
+        product: Product {
+            sku: "S".into(),
+            name: "Shoe".into(),
+            description: String::new(),
+            image_url: String::new(),
+        },
+        list_price_minor: 10_000,
+        sale_price_minor: 5_000,
+        currency: "EUR".into(),
+        quantity,
+        starts_at_ms: now - 1_000,
+        ends_at_ms: now + 3_600_000,
+        per_user_limit: 1,
+        hold_ttl_ms,
+        payment_window_ms: 60_000,
+    }
+}
+
+fn reserve(user: &str, req: &str) -> Command {
+    Command::Reserve {
+        sale_id: SALE.into(),
+        user_id: user.into(),
+        qty: 1,
+        request_id: req.into(),
+    }
+}
+
+async fn counters_on(h: &NodeHandle, level: ReadLevel) -> Counters {
+    let view = h.cluster.read(level).await.unwrap().value;
+    query::sale(&view, SALE).unwrap().expect("sale").counters
+}
+
+/// Waits until every node has applied the same state; returns its hash.
+async fn converged(c: &TestCluster) -> u64 {
+    for _ in 0..200 {
+        let hashes: BTreeSet<u64> = c.nodes.values().map(state_hash).collect();
+        if hashes.len() == 1 {
+            return *hashes.iter().next().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for h in c.nodes.values() {
+        eprintln!("node {}: {:?}", h.id, h.cluster.status().await);
+    }
+    panic!("replicas did not converge");
+}
+
+fn state_hash(h: &NodeHandle) -> u64 {
+    h.cluster.state_hash().expect("state hash")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_through_a_follower_reach_the_leader_and_every_replica() {
+    let c = TestCluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let follower = c.follower(leader);
+    let (r, by) = c
+        .propose(follower, Command::CreateSale(sale(5, 60_000)))
+        .await;
+    assert_eq!(
+        r,
+        Response::SaleCreated {
+            sale_id: SALE.into()
+        }
+    );
+    assert_eq!(by, leader, "the answer names the leader that served it");
+    let (r, by) = c.propose(follower, reserve("ann", "r1")).await;
+    assert!(matches!(r, Response::Held(_)), "{r:?}");
+    assert_eq!(by, leader);
+    // A linearizable read on a follower sees the write at once.
+    let got = counters_on(&c.nodes[&follower], ReadLevel::Linearizable).await;
+    assert_eq!(
+        got,
+        Counters {
+            available: 4,
+            held: 1,
+            awaiting_payment: 0,
+            sold: 0
+        }
+    );
+    converged(&c).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_failover_keeps_every_acknowledged_hold_and_never_oversells() {
+    let mut c = TestCluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    c.create_sale(leader, sale(10, 600_000)).await;
+    let mut granted = BTreeMap::new();
+    for i in 0..6 {
+        if let (Response::Held(g), _) = c
+            .propose(
+                c.follower(leader),
+                reserve(&format!("u{i}"), &format!("r{i}")),
+            )
+            .await
+        {
+            granted.insert(format!("u{i}"), g.hold_id);
+        }
+    }
+    assert_eq!(granted.len(), 6);
+    c.stop(leader).await;
+    let new_leader = c.leader().await;
+    assert_ne!(new_leader, leader);
+    // Every acknowledged hold is still there, and the stock still adds up.
+    let view = c.nodes[&new_leader]
+        .cluster
+        .read(ReadLevel::Linearizable)
+        .await
+        .unwrap()
+        .value;
+    for (user, id) in &granted {
+        let h = query::hold(&view, *id)
+            .unwrap()
+            .expect("acknowledged hold survives failover");
+        assert_eq!(&h.user_id, user);
+    }
+    // More demand than stock after the failover: exactly 4 more holds, then sold out.
+    let mut more = 0;
+    for i in 6..14 {
+        match c
+            .propose(new_leader, reserve(&format!("u{i}"), &format!("r{i}")))
+            .await
+            .0
+        {
+            Response::Held(_) => more += 1,
+            Response::Rejected(Reject::SoldOut) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(more, 4);
+    let counters = counters_on(&c.nodes[&new_leader], ReadLevel::Linearizable).await;
+    assert_eq!(
+        counters,
+        Counters {
+            available: 0,
+            held: 10,
+            awaiting_payment: 0,
+            sold: 0
+        }
+    );
+    converged(&c).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retry_after_leader_death_returns_the_same_hold() {
+    let mut c = TestCluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    c.create_sale(leader, sale(3, 600_000)).await;
+    let (first, _) = c.propose(leader, reserve("ann", "same-id")).await;
+    let Response::Held(g) = first.clone() else {
+        panic!("{first:?}")
+    };
+    c.stop(leader).await;
+    let survivor = *c.nodes.keys().next().unwrap();
+    let (again, _) = c.propose(survivor, reserve("ann", "same-id")).await;
+    assert_eq!(again, first, "a retry returns the first answer");
+    let counters = counters_on(&c.nodes[&survivor], ReadLevel::Linearizable).await;
+    assert_eq!(counters.held, 1, "and acts no more");
+    assert_eq!(g.qty, 1);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hold_expiry_is_replicated_and_feeds_the_waitlist_even_after_a_leader_change() {
+    let mut c = TestCluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    c.create_sale(leader, sale(1, 600)).await;
+    let (held, _) = c.propose(leader, reserve("ann", "r1")).await;
+    let Response::Held(first) = held else {
+        panic!("{held:?}")
+    };
+    let join = Command::JoinWaitlist {
+        sale_id: SALE.into(),
+        user_id: "bob".into(),
+        qty: 1,
+        request_id: "w1".into(),
+    };
+    assert_eq!(
+        c.propose(leader, join).await.0,
+        Response::WaitlistJoined {
+            sale_id: SALE.into(),
+            position: 1
+        }
+    );
+    // The leader's ticker expires ann's hold; bob gets it. Every replica agrees.
+    let mut promoted = None;
+    for _ in 0..100 {
+        let view = c.nodes[&leader]
+            .cluster
+            .read(ReadLevel::Stale)
+            .await
+            .unwrap()
+            .value;
+        if let query::WaitlistStatus::Promoted { hold_id } =
+            query::waitlist_status(&view, SALE, "bob").unwrap()
+        {
+            promoted = Some(hold_id);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let promoted = promoted.expect("bob was promoted by the replicated tick");
+    converged(&c).await;
+    for h in c.nodes.values() {
+        let view = h.cluster.read(ReadLevel::Stale).await.unwrap().value;
+        assert_eq!(
+            query::hold(&view, first.hold_id)
+                .unwrap()
+                .unwrap()
+                .state
+                .name(),
+            "expired",
+            "on node {}",
+            h.id
+        );
+    }
+    // Kill the leader: bob's promoted hold must still expire, via the new leader.
+    c.stop(leader).await;
+    let new_leader = c.leader().await;
+    let mut expired = false;
+    for _ in 0..100 {
+        let view = c.nodes[&new_leader]
+            .cluster
+            .read(ReadLevel::Stale)
+            .await
+            .unwrap()
+            .value;
+        if query::hold(&view, promoted).unwrap().unwrap().state.name() == "expired" {
+            expired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(expired, "the new leader's ticker expires holds too");
+    let counters = counters_on(&c.nodes[&new_leader], ReadLevel::Linearizable).await;
+    assert_eq!(
+        counters,
+        Counters {
+            available: 1,
+            held: 0,
+            awaiting_payment: 0,
+            sold: 0
+        }
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_behind_a_purged_log_catches_up_by_snapshot() {
+    let mut c = TestCluster::start(
+        3,
+        &[
+            "--snapshot-every-entries=40",
+            "--log-keep-entries=5",
+            "--batch-max=1",
+        ],
+    )
+    .await;
+    let leader = c.leader().await;
+    let lagging = c.follower(leader);
+    let addrs = c.stop(lagging).await;
+    c.create_sale(leader, sale(1_000, 600_000)).await;
+    for i in 0..150 {
+        c.propose(leader, reserve(&format!("u{i}"), &format!("r{i}")))
+            .await;
+    }
+    // The leader snapshots and purges past what the lagging node has.
+    let purged = c.nodes[&leader]
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.purged.is_some_and(|p| p.index > 10), "log purged")
+        .await;
+    assert!(
+        purged.is_ok(),
+        "the leader never purged its log: {purged:?}"
+    );
+    c.restart(lagging, addrs).await;
+    let hash = converged(&c).await;
+    let snap = c.nodes[&lagging].raft.metrics().borrow_watched().snapshot;
+    assert!(snap.is_some(), "the lagging node installed a snapshot");
+    let counters = counters_on(&c.nodes[&lagging], ReadLevel::Stale).await;
+    assert_eq!(counters.held, 150);
+    assert_ne!(hash, 0);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn add_a_learner_promote_it_and_remove_an_old_voter() {
+    let mut c = TestCluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    c.create_sale(leader, sale(10, 600_000)).await;
+    let n4 = start(args(4, c.dir.path(), "127.0.0.1:0", "127.0.0.1:0", &[]))
+        .await
+        .unwrap();
+    let follower = c.follower(leader);
+    // Admin calls work through any node (they are forwarded to the leader).
+    c.nodes[&follower]
+        .cluster
+        .add_learner(4, addr_of(&n4))
+        .await
+        .unwrap();
+    c.nodes.insert(4, n4);
+    let status = c.nodes[&leader].cluster.status().await.unwrap();
+    assert!(
+        status.members.iter().any(|m| m.node_id == 4 && !m.voter),
+        "{status:?}"
+    );
+    let victim = *c.nodes.keys().find(|&&id| id != leader && id != 4).unwrap();
+    let voters: BTreeSet<u64> = c.nodes.keys().copied().filter(|&id| id != victim).collect();
+    c.nodes[&follower]
+        .cluster
+        .change_membership(voters.clone(), false)
+        .await
+        .unwrap();
+    let status = c.nodes[&leader].cluster.status().await.unwrap();
+    let now_voters: BTreeSet<u64> = status
+        .members
+        .iter()
+        .filter(|m| m.voter)
+        .map(|m| m.node_id)
+        .collect();
+    assert_eq!(now_voters, voters);
+    c.stop(victim).await;
+    // The cluster of {leader, other, 4} still commits, and node 4 has the data.
+    c.propose(4, reserve("zed", "z1")).await;
+    let counters = counters_on(&c.nodes[&4], ReadLevel::Linearizable).await;
+    assert_eq!(counters.held, 1);
+    c.shutdown().await;
+}
