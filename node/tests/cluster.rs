@@ -493,3 +493,78 @@ async fn add_a_learner_promote_it_and_remove_an_old_voter() {
     assert_eq!(counters.held, 1);
     c.shutdown().await;
 }
+
+/// Free loopback ports, found by binding port 0 (released before the nodes bind them).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_form_a_cluster_from_flags_alone() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let dir = TempDir::new().unwrap();
+    let p = free_ports(6);
+    let peers: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                "{}=127.0.0.1:{}/127.0.0.1:{}",
+                i + 1,
+                p[2 * i],
+                p[2 * i + 1]
+            )
+        })
+        .collect();
+    let peers_flag = format!("--peers={}", peers.join(","));
+    let mut nodes = Vec::new();
+    // Started in reverse: the initializing node (1, the lowest id) comes up last.
+    for i in (0..3).rev() {
+        let id = i as u64 + 1;
+        let a = vec![
+            "stockade".to_string(),
+            format!("--node-id={id}"),
+            format!("--data-dir={}", dir.path().join(format!("n{id}")).display()),
+            format!("--grpc-listen=127.0.0.1:{}", p[2 * i]),
+            format!("--http-listen=127.0.0.1:{}", p[2 * i + 1]),
+            peers_flag.clone(),
+            "--heartbeat-ms=50".into(),
+            "--election-min-ms=200".into(),
+            "--election-max-ms=400".into(),
+        ];
+        let cfg = Args::try_parse_from(a).unwrap().validate().unwrap();
+        nodes.push(start(cfg).await.unwrap());
+    }
+    let n3 = &nodes[0];
+    let m = n3
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| {
+                m.current_leader.is_some()
+                    && m.membership_config.membership().voter_ids().count() == 3
+            },
+            "cluster",
+        )
+        .await
+        .expect("three voters and a leader");
+    assert!(m.current_leader.is_some());
+    let created = n3
+        .cluster
+        .propose(Command::CreateSale(sale(2, 60_000)))
+        .await
+        .unwrap();
+    assert_eq!(
+        created.value,
+        Response::SaleCreated {
+            sale_id: SALE.into()
+        }
+    );
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

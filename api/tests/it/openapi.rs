@@ -77,9 +77,3 @@ async fn the_document_is_served_and_names_its_schemas() {
         "#/components/schemas/ErrorBody"
     );
 }
-
-#[test]
-#[ignore]
-fn dump() {
-    println!("{}", serde_json::to_string_pretty(&stockade_api::openapi()).unwrap());
-}
