@@ -9,6 +9,7 @@
 pub mod batcher;
 pub mod cluster;
 pub mod config;
+pub mod local;
 pub mod metrics;
 pub mod network;
 pub mod stamp;

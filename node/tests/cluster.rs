@@ -11,28 +11,13 @@ use openraft::async_runtime::WatchReceiver;
 use stockade_api::{Cluster, ClusterError, ReadLevel};
 use stockade_node::{start, Args, NodeHandle};
 use stockade_raft_store::types::*;
-use stockade_raft_store::{query, Command, NodeAddr, Response};
+use stockade_raft_store::{query, Command, Response};
 use tempfile::TempDir;
 
 const SALE: &str = "drop";
 
 fn args(id: u64, dir: &Path, http: &str, grpc: &str, extra: &[&str]) -> stockade_node::Config {
-    let mut a = vec![
-        "stockade".to_string(),
-        format!("--node-id={id}"),
-        format!("--data-dir={}", dir.join(format!("n{id}")).display()),
-        format!("--http-listen={http}"),
-        format!("--grpc-listen={grpc}"),
-        "--init=never".into(),
-        "--heartbeat-ms=50".into(),
-        "--election-min-ms=200".into(),
-        "--election-max-ms=400".into(),
-    ];
-    a.extend(extra.iter().map(|s| s.to_string()));
-    Args::try_parse_from(a)
-        .expect("args")
-        .validate()
-        .expect("valid config")
+    local::node_config(id, dir, http, grpc, extra).expect("valid config")
 }
 
 struct TestCluster {
@@ -50,16 +35,10 @@ impl TestCluster {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .try_init();
         let dir = TempDir::new().unwrap();
-        let mut nodes = BTreeMap::new();
-        for id in 1..=n {
-            let node = start(args(id, dir.path(), "127.0.0.1:0", "127.0.0.1:0", extra))
-                .await
-                .unwrap();
-            nodes.insert(id, node);
-        }
-        let members: BTreeMap<u64, NodeAddr> =
-            nodes.iter().map(|(id, h)| (*id, addr_of(h))).collect();
-        nodes[&1].raft.initialize(members).await.unwrap();
+        let nodes = local::start_cluster(n, dir.path(), extra)
+            .await
+            .expect("cluster");
+        let nodes: BTreeMap<u64, NodeHandle> = nodes.into_iter().map(|h| (h.id, h)).collect();
         let c = TestCluster {
             dir,
             nodes,
@@ -142,12 +121,7 @@ impl TestCluster {
     }
 }
 
-fn addr_of(h: &NodeHandle) -> NodeAddr {
-    NodeAddr {
-        raft_addr: h.grpc_addr.to_string(),
-        api_addr: h.http_addr.to_string(),
-    }
-}
+use stockade_node::local::{self, addr_of};
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
