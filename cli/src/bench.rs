@@ -1,0 +1,985 @@
+//! `stockctl bench`: a flash crowd against one sale, then an oversell check.
+//!
+//! N users race for Q units over C concurrent workers (HTTP or gRPC). Each user tries to
+//! reserve one unit; a transient failure (no leader, overload, timeout) is retried with
+//! the *same* request id, so the cluster acts at most once. Bots (a share of the users)
+//! retry with *new* request ids and no pause until they hold a unit or the sale is sold
+//! out. With `--checkout-pay` a granted hold is checked out and paid.
+//!
+//! It always stops by itself: when every user is done, after `--duration-max`, or after
+//! `--attempts-max` attempts. Then it reads the sale (linearizable) and checks that
+//! nothing was oversold and that what it saw granted matches the server's counters.
+//! It sends traffic only to the endpoints it was given.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use reqwest::Method;
+use serde::Serialize;
+use stockade_api::dto::*;
+use stockade_proto::v1 as pb;
+use stockade_proto::v1::stockade_client::StockadeClient;
+use tonic::transport::Channel;
+
+use crate::args::{BenchArgs, Config, Output, Protocol};
+use crate::client::{seg, Attempt, Client};
+use crate::commands::CliError;
+use crate::output::{kv, new_request_id, now_ms, secs};
+
+/// Most users one run may simulate.
+pub const USERS_MAX: u64 = 10_000_000;
+/// Most concurrent workers.
+pub const CONCURRENCY_MAX: usize = 4_096;
+/// Longest run, seconds.
+pub const DURATION_S_MAX: u64 = 3_600;
+/// Tries of one request after a transient failure (same request id).
+pub const USER_RETRIES_MAX: u32 = 3;
+/// Pause before such a retry, milliseconds.
+pub const RETRY_PAUSE_MS: u64 = 50;
+/// Reservation attempts of one bot (new request id each).
+pub const BOT_ATTEMPTS_MAX: u32 = 20;
+/// Hold TTL of the sale the bench creates: long, so no hold expires during a run and the
+/// reconciliation is exact.
+pub const BENCH_HOLD_TTL_MS: u64 = 10 * 60 * 1_000;
+/// Payment window of the sale the bench creates.
+pub const BENCH_PAYMENT_WINDOW_MS: u64 = 10 * 60 * 1_000;
+/// gRPC channels the workers share.
+pub const GRPC_CHANNELS_MAX: usize = 16;
+/// Largest latency recorded, microseconds (longer ones are clamped).
+const LATENCY_US_MAX: u64 = 60 * 1_000_000;
+
+/// The outcome of one request, whatever the protocol.
+#[derive(Debug)]
+enum Outcome<T> {
+    Ok(T),
+    /// The server refused, with its code.
+    Rejected(String),
+    /// No decision: 503/429/timeout/connection. `code` is the server's if it gave one.
+    Transient(String),
+}
+
+/// Codes after which neither a user nor a bot tries again.
+fn is_final(code: &str) -> bool {
+    matches!(
+        code,
+        "sold_out" | "sale_ended" | "sale_not_found" | "limit_exceeded" | "invalid"
+    )
+}
+
+/// Whether user `i` is a bot, spread evenly over the users.
+pub fn is_bot(i: u64, share: f64) -> bool {
+    if share <= 0.0 {
+        return false;
+    }
+    let per_mille = (share * 1000.0).round() as u64;
+    (i.wrapping_mul(7919) % 1000) < per_mille
+}
+
+enum Transport {
+    Http(Arc<Client>),
+    Grpc(Vec<StockadeClient<Channel>>),
+}
+
+struct Grant {
+    hold_id: u64,
+    qty: u32,
+}
+
+struct OrderInfo {
+    order_id: u64,
+    amount_minor: u64,
+    currency: String,
+    status: String,
+}
+
+fn grpc_outcome<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Outcome<T> {
+    match r {
+        Ok(v) => Outcome::Ok(v.into_inner()),
+        Err(s) => {
+            let code = s
+                .metadata()
+                .get("x-stockade-code")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            match (code, s.code()) {
+                (Some(c), tonic::Code::Unavailable | tonic::Code::ResourceExhausted) => {
+                    Outcome::Transient(c)
+                }
+                (Some(c), _) => Outcome::Rejected(c),
+                (None, tonic::Code::DeadlineExceeded) => Outcome::Transient("timeout".into()),
+                (None, _) => Outcome::Transient("transport".into()),
+            }
+        }
+    }
+}
+
+impl Transport {
+    fn len(&self) -> usize {
+        match self {
+            Transport::Http(c) => c.endpoints().len(),
+            Transport::Grpc(v) => v.len(),
+        }
+    }
+
+    async fn http<B: Serialize, T: serde::de::DeserializeOwned>(
+        c: &Client,
+        idx: usize,
+        path: &str,
+        body: &B,
+    ) -> Outcome<T> {
+        match c.attempt(idx, Method::POST, path, Some(body)).await {
+            Attempt::Ok(resp) => match resp.json::<T>().await {
+                Ok(v) => Outcome::Ok(v),
+                Err(_) => Outcome::Transient("bad_response".into()),
+            },
+            Attempt::Rejected { code, .. } => Outcome::Rejected(code),
+            Attempt::Unavailable { code, .. } => Outcome::Transient(code),
+            Attempt::Transport(_) => Outcome::Transient("transport".into()),
+        }
+    }
+
+    async fn reserve(&self, idx: usize, sale: &str, user: &str, rid: &str) -> Outcome<Grant> {
+        match self {
+            Transport::Http(c) => {
+                let body = ReserveBody {
+                    user_id: user.to_string(),
+                    qty: 1,
+                    request_id: rid.to_string(),
+                };
+                let path = format!("/v1/sales/{}/holds", seg(sale));
+                match Self::http::<_, HoldGrantDto>(c, idx, &path, &body).await {
+                    Outcome::Ok(g) => Outcome::Ok(Grant {
+                        hold_id: g.hold_id,
+                        qty: g.qty,
+                    }),
+                    Outcome::Rejected(c) => Outcome::Rejected(c),
+                    Outcome::Transient(c) => Outcome::Transient(c),
+                }
+            }
+            Transport::Grpc(chans) => {
+                let Some(ch) = chans.get(idx) else {
+                    return Outcome::Transient("transport".into());
+                };
+                let req = pb::ReserveRequest {
+                    sale_id: sale.to_string(),
+                    user_id: user.to_string(),
+                    qty: 1,
+                    request_id: rid.to_string(),
+                };
+                match grpc_outcome(ch.clone().reserve(req).await) {
+                    Outcome::Ok(g) => Outcome::Ok(Grant {
+                        hold_id: g.hold_id,
+                        qty: g.qty,
+                    }),
+                    Outcome::Rejected(c) => Outcome::Rejected(c),
+                    Outcome::Transient(c) => Outcome::Transient(c),
+                }
+            }
+        }
+    }
+
+    async fn checkout(&self, idx: usize, hold: u64, user: &str, rid: &str) -> Outcome<OrderInfo> {
+        match self {
+            Transport::Http(c) => {
+                let body = UserRequestBody {
+                    user_id: user.to_string(),
+                    request_id: rid.to_string(),
+                };
+                let path = format!("/v1/holds/{hold}/checkout");
+                match Self::http::<_, OrderInfoDto>(c, idx, &path, &body).await {
+                    Outcome::Ok(o) => Outcome::Ok(OrderInfo {
+                        order_id: o.order_id,
+                        amount_minor: o.amount_minor,
+                        currency: o.currency,
+                        status: o.status,
+                    }),
+                    Outcome::Rejected(c) => Outcome::Rejected(c),
+                    Outcome::Transient(c) => Outcome::Transient(c),
+                }
+            }
+            Transport::Grpc(chans) => {
+                let Some(ch) = chans.get(idx) else {
+                    return Outcome::Transient("transport".into());
+                };
+                let req = pb::CheckoutRequest {
+                    user_id: user.to_string(),
+                    hold_id: hold,
+                    request_id: rid.to_string(),
+                };
+                match grpc_outcome(ch.clone().checkout(req).await) {
+                    Outcome::Ok(o) => Outcome::Ok(OrderInfo {
+                        order_id: o.order_id,
+                        amount_minor: o.amount_minor,
+                        currency: o.currency,
+                        status: o.status,
+                    }),
+                    Outcome::Rejected(c) => Outcome::Rejected(c),
+                    Outcome::Transient(c) => Outcome::Transient(c),
+                }
+            }
+        }
+    }
+
+    async fn pay(&self, idx: usize, o: &OrderInfo, user: &str, rid: &str) -> Outcome<()> {
+        match self {
+            Transport::Http(c) => {
+                let body = PaymentBody {
+                    user_id: user.to_string(),
+                    amount_minor: o.amount_minor,
+                    currency: o.currency.clone(),
+                    payment_ref: format!("ref-{rid}"),
+                    request_id: rid.to_string(),
+                };
+                let path = format!("/v1/orders/{}/payment", o.order_id);
+                match Self::http::<_, OrderIdDto>(c, idx, &path, &body).await {
+                    Outcome::Ok(_) => Outcome::Ok(()),
+                    Outcome::Rejected(c) => Outcome::Rejected(c),
+                    Outcome::Transient(c) => Outcome::Transient(c),
+                }
+            }
+            Transport::Grpc(chans) => {
+                let Some(ch) = chans.get(idx) else {
+                    return Outcome::Transient("transport".into());
+                };
+                let req = pb::ConfirmPaymentRequest {
+                    user_id: user.to_string(),
+                    order_id: o.order_id,
+                    amount_minor: o.amount_minor,
+                    currency: o.currency.clone(),
+                    payment_ref: format!("ref-{rid}"),
+                    request_id: rid.to_string(),
+                };
+                match grpc_outcome(ch.clone().confirm_payment(req).await) {
+                    Outcome::Ok(_) => Outcome::Ok(()),
+                    Outcome::Rejected(c) => Outcome::Rejected(c),
+                    Outcome::Transient(c) => Outcome::Transient(c),
+                }
+            }
+        }
+    }
+}
+
+/// What one worker saw; merged at the end.
+struct Tally {
+    attempts: u64,
+    ops: u64,
+    holds_granted: u64,
+    units_granted: u64,
+    checkouts: u64,
+    sold: u64,
+    unknown: u64,
+    users_done: u64,
+    rejections: BTreeMap<String, u64>,
+    transient: BTreeMap<String, u64>,
+    latency_us: Histogram<u64>,
+}
+
+impl Tally {
+    fn new() -> Result<Self, CliError> {
+        Ok(Tally {
+            attempts: 0,
+            ops: 0,
+            holds_granted: 0,
+            units_granted: 0,
+            checkouts: 0,
+            sold: 0,
+            unknown: 0,
+            users_done: 0,
+            rejections: BTreeMap::new(),
+            transient: BTreeMap::new(),
+            latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
+                .map_err(|e| CliError::Bench(format!("histogram: {e}")))?,
+        })
+    }
+
+    fn record(&mut self, started: Instant) {
+        self.ops += 1;
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(LATENCY_US_MAX);
+        let _ = self.latency_us.record(us.clamp(1, LATENCY_US_MAX));
+    }
+
+    fn merge(&mut self, o: Tally) {
+        self.attempts += o.attempts;
+        self.ops += o.ops;
+        self.holds_granted += o.holds_granted;
+        self.units_granted += o.units_granted;
+        self.checkouts += o.checkouts;
+        self.sold += o.sold;
+        self.unknown += o.unknown;
+        self.users_done += o.users_done;
+        for (k, v) in o.rejections {
+            *self.rejections.entry(k).or_default() += v;
+        }
+        for (k, v) in o.transient {
+            *self.transient.entry(k).or_default() += v;
+        }
+        let _ = self.latency_us.add(&o.latency_us);
+    }
+}
+
+/// Shared progress and stop signals.
+struct Shared {
+    next_user: AtomicU64,
+    attempts: AtomicU64,
+    granted: AtomicU64,
+    stop: AtomicBool,
+    sold_out_at_ms: Mutex<Option<u64>>,
+    started: Instant,
+    deadline: Instant,
+    attempts_max: u64,
+    users: u64,
+    bots: f64,
+    checkout_pay: bool,
+    sale: String,
+    run_id: String,
+}
+
+impl Shared {
+    fn out_of_budget(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+            || Instant::now() >= self.deadline
+            || self.attempts.load(Ordering::Relaxed) >= self.attempts_max
+    }
+
+    fn saw_sold_out(&self) {
+        if let Ok(mut g) = self.sold_out_at_ms.lock() {
+            if g.is_none() {
+                *g = Some(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX));
+            }
+        }
+    }
+}
+
+/// Sends one request, retrying transient failures with the same request id (and moving
+/// to the next endpoint). Returns the final outcome.
+async fn with_retries<T, F, Fut>(
+    sh: &Shared,
+    t: &mut Tally,
+    idx: &mut usize,
+    n: usize,
+    mut f: F,
+) -> Outcome<T>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Outcome<T>>,
+{
+    let mut tries = 0;
+    loop {
+        let started = Instant::now();
+        let o = f(*idx).await;
+        t.record(started);
+        match o {
+            Outcome::Transient(code) => {
+                *t.transient.entry(code.clone()).or_default() += 1;
+                *idx = (*idx + 1) % n.max(1);
+                tries += 1;
+                if tries > USER_RETRIES_MAX || sh.out_of_budget() {
+                    t.unknown += 1;
+                    return Outcome::Transient(code);
+                }
+                tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn worker(sh: Arc<Shared>, tr: Arc<Transport>, first: usize) -> Result<Tally, CliError> {
+    let mut t = Tally::new()?;
+    let n = tr.len();
+    let mut idx = first % n.max(1);
+    while !sh.out_of_budget() {
+        let i = sh.next_user.fetch_add(1, Ordering::Relaxed);
+        if i >= sh.users {
+            break;
+        }
+        let user = format!("{}-u{i}", sh.run_id);
+        let bot = is_bot(i, sh.bots);
+        let mut bot_attempts = 0u32;
+        loop {
+            if sh.out_of_budget() {
+                break;
+            }
+            bot_attempts += 1;
+            t.attempts += 1;
+            sh.attempts.fetch_add(1, Ordering::Relaxed);
+            let rid = new_request_id("b");
+            let sale = sh.sale.as_str();
+            let o = with_retries(&sh, &mut t, &mut idx, n, |k| {
+                let tr = tr.clone();
+                let (u, r) = (user.clone(), rid.clone());
+                async move { tr.reserve(k, sale, &u, &r).await }
+            })
+            .await;
+            match o {
+                Outcome::Ok(g) => {
+                    t.holds_granted += 1;
+                    t.units_granted += u64::from(g.qty);
+                    sh.granted.fetch_add(u64::from(g.qty), Ordering::Relaxed);
+                    if sh.checkout_pay {
+                        checkout_pay(&sh, &tr, &mut t, &mut idx, n, &user, g.hold_id).await;
+                    }
+                    break;
+                }
+                Outcome::Rejected(code) => {
+                    if code == "sold_out" {
+                        sh.saw_sold_out();
+                    }
+                    let last = !bot || is_final(&code) || bot_attempts >= BOT_ATTEMPTS_MAX;
+                    *t.rejections.entry(code).or_default() += 1;
+                    if last {
+                        break;
+                    }
+                }
+                Outcome::Transient(_) => {
+                    if !bot || bot_attempts >= BOT_ATTEMPTS_MAX {
+                        break;
+                    }
+                }
+            }
+        }
+        t.users_done += 1;
+    }
+    Ok(t)
+}
+
+async fn checkout_pay(
+    sh: &Shared,
+    tr: &Arc<Transport>,
+    t: &mut Tally,
+    idx: &mut usize,
+    n: usize,
+    user: &str,
+    hold: u64,
+) {
+    let rid = new_request_id("c");
+    let o = with_retries(sh, t, idx, n, |k| {
+        let tr = tr.clone();
+        let (u, r) = (user.to_string(), rid.clone());
+        async move { tr.checkout(k, hold, &u, &r).await }
+    })
+    .await;
+    let order = match o {
+        Outcome::Ok(o) => o,
+        Outcome::Rejected(code) => {
+            *t.rejections.entry(format!("checkout:{code}")).or_default() += 1;
+            return;
+        }
+        Outcome::Transient(_) => return,
+    };
+    t.checkouts += 1;
+    if order.status != "awaiting_payment" {
+        // Cash on delivery: confirmed at checkout.
+        t.sold += 1;
+        return;
+    }
+    let rid = new_request_id("p");
+    let o = with_retries(sh, t, idx, n, |k| {
+        let tr = tr.clone();
+        let (u, r) = (user.to_string(), rid.clone());
+        let order = OrderInfo {
+            order_id: order.order_id,
+            amount_minor: order.amount_minor,
+            currency: order.currency.clone(),
+            status: order.status.clone(),
+        };
+        async move { tr.pay(k, &order, &u, &r).await }
+    })
+    .await;
+    match o {
+        Outcome::Ok(()) => t.sold += 1,
+        Outcome::Rejected(code) => {
+            *t.rejections.entry(format!("pay:{code}")).or_default() += 1;
+        }
+        Outcome::Transient(_) => {}
+    }
+}
+
+/// Latency percentiles, milliseconds.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// The oversell check: every field must hold.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct Check {
+    /// Server: sold ≤ quantity.
+    pub sold_le_quantity: bool,
+    /// Server: available + held + awaiting_payment + sold == quantity.
+    pub conserves: bool,
+    /// Units the server says it reserved during the run, versus what the bench saw
+    /// granted (may exceed it by at most the requests whose outcome stayed unknown).
+    pub server_units_reserved: u64,
+    /// Units in use (held + awaiting + sold) that appeared during the run.
+    pub server_units_in_use_delta: i64,
+    /// Units returned during the run (expired, released, cancelled, timed out).
+    pub server_units_returned: u64,
+    /// bench granted − returned ≤ in-use delta ≤ that + unknown outcomes.
+    pub holds_reconciled: bool,
+    pub ok: bool,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct BenchReport {
+    pub sale_id: String,
+    pub protocol: String,
+    pub users: u64,
+    pub users_done: u64,
+    pub bots_share: f64,
+    pub concurrency: usize,
+    pub quantity: u32,
+    pub attempts: u64,
+    pub requests: u64,
+    pub holds_granted: u64,
+    pub units_granted: u64,
+    pub checkouts: u64,
+    pub sold: u64,
+    pub unknown_outcomes: u64,
+    pub rejections: BTreeMap<String, u64>,
+    pub transient_errors: BTreeMap<String, u64>,
+    pub elapsed_ms: u64,
+    pub throughput_ops_per_s: f64,
+    pub latency: Latency,
+    pub time_to_sell_out_ms: Option<u64>,
+    pub counters_after: CountersDto,
+    pub check: Check,
+}
+
+fn units_in_use(c: &CountersDto) -> i64 {
+    i64::from(c.held) + i64::from(c.awaiting_payment) + i64::from(c.sold)
+}
+
+/// The oversell check from the sale before and after, and what the bench saw.
+pub fn check(before: &SaleDto, after: &SaleDto, units_granted: u64, unknown: u64) -> Check {
+    let c = &after.counters;
+    let q = after.spec.quantity;
+    let sum = u64::from(c.available)
+        + u64::from(c.held)
+        + u64::from(c.awaiting_payment)
+        + u64::from(c.sold);
+    let (b, a) = (&before.stats, &after.stats);
+    let d = |x: u64, y: u64| y.saturating_sub(x);
+    let reserved = d(b.units_reserved, a.units_reserved);
+    // The bench reserves one unit per hold, so returned holds and orders are units.
+    let returned = d(b.holds_expired, a.holds_expired)
+        + d(b.holds_released, a.holds_released)
+        + d(b.orders_cancelled, a.orders_cancelled)
+        + d(b.orders_timed_out, a.orders_timed_out);
+    let delta = units_in_use(c) - units_in_use(&before.counters);
+    let lo = units_granted as i64 - returned as i64;
+    let hi = lo + unknown as i64;
+    let reconciled = (lo..=hi).contains(&delta)
+        && units_granted <= reserved
+        && reserved <= units_granted + unknown;
+    let sold_le_quantity = c.sold <= q;
+    let conserves = sum == u64::from(q);
+    Check {
+        sold_le_quantity,
+        conserves,
+        server_units_reserved: reserved,
+        server_units_in_use_delta: delta,
+        server_units_returned: returned,
+        holds_reconciled: reconciled,
+        ok: sold_le_quantity && conserves && reconciled,
+    }
+}
+
+fn validate(a: &BenchArgs) -> Result<(), CliError> {
+    let bad = |m: String| CliError::Usage(crate::args::UsageError::Invalid(m));
+    if a.users == 0 || a.users > USERS_MAX {
+        return Err(bad(format!("--users must be 1..={USERS_MAX}")));
+    }
+    if a.concurrency == 0 || a.concurrency > CONCURRENCY_MAX {
+        return Err(bad(format!("--concurrency must be 1..={CONCURRENCY_MAX}")));
+    }
+    if !(0.0..=1.0).contains(&a.bots) {
+        return Err(bad("--bots must be a share in 0..=1".into()));
+    }
+    if a.duration_max == 0 || a.duration_max > DURATION_S_MAX {
+        return Err(bad(format!(
+            "--duration-max must be 1..={DURATION_S_MAX} s"
+        )));
+    }
+    if a.sale.is_none() && a.quantity == 0 {
+        return Err(bad("--quantity must be at least 1".into()));
+    }
+    Ok(())
+}
+
+async fn grpc_transport(
+    client: &Client,
+    cfg: &Config,
+    a: &BenchArgs,
+) -> Result<Transport, CliError> {
+    let mut addrs = Vec::new();
+    if a.grpc_endpoints.is_empty() {
+        // The gRPC address of each given node, from its own status (no other node).
+        for i in 0..client.endpoints().len() {
+            let st: ClusterStatusDto = client.pinned(i)?.get("/admin/status").await?.value;
+            let me = st.members.iter().find(|m| m.node_id == st.node_id);
+            match me {
+                Some(m) => addrs.push(m.raft_addr.clone()),
+                None => {
+                    return Err(CliError::Bench(format!(
+                        "node {} is not a member: pass --grpc-endpoints",
+                        st.node_id
+                    )))
+                }
+            }
+        }
+    } else {
+        addrs = a.grpc_endpoints.clone();
+    }
+    let mut chans = Vec::new();
+    let per = (a.concurrency.min(GRPC_CHANNELS_MAX) / addrs.len().max(1)).max(1);
+    for addr in &addrs {
+        let url = if addr.contains("://") {
+            addr.clone()
+        } else {
+            format!("http://{addr}")
+        };
+        for _ in 0..per {
+            let ep = tonic::transport::Endpoint::from_shared(url.clone())
+                .map_err(|e| {
+                    CliError::Usage(crate::args::UsageError::Invalid(format!("{addr}: {e}")))
+                })?
+                .timeout(cfg.timeout)
+                .connect_timeout(cfg.timeout)
+                .tcp_nodelay(true);
+            chans.push(StockadeClient::new(ep.connect_lazy()));
+        }
+    }
+    Ok(Transport::Grpc(chans))
+}
+
+pub async fn run(client: Arc<Client>, cfg: &Config, a: BenchArgs) -> Result<(), CliError> {
+    validate(&a)?;
+    let run_id = format!("bench-{:x}", now_ms());
+    let sale_id = match &a.sale {
+        Some(s) => s.clone(),
+        None => {
+            let now = now_ms();
+            let spec = SaleSpecDto {
+                id: run_id.clone(),
+                product: ProductDto {
+                    sku: "BENCH".into(),
+                    name: "Bench unit".into(),
+                    description: String::new(),
+                    image_url: String::new(),
+                },
+                list_price_minor: 1_000,
+                sale_price_minor: 500,
+                currency: "EUR".into(),
+                quantity: a.quantity,
+                starts_at_ms: now.saturating_sub(1_000),
+                ends_at_ms: now + 3_600_000,
+                per_user_limit: 1,
+                hold_ttl_ms: BENCH_HOLD_TTL_MS,
+                payment_window_ms: BENCH_PAYMENT_WINDOW_MS,
+            };
+            client
+                .post::<_, SaleIdDto>("/v1/sales", &spec)
+                .await?
+                .value
+                .sale_id
+        }
+    };
+    let sale_path = format!("/v1/sales/{}", seg(&sale_id));
+    let before: SaleDto = client.get(&sale_path).await?.value;
+    let transport = Arc::new(match a.protocol {
+        Protocol::Http => Transport::Http(client.clone()),
+        Protocol::Grpc => grpc_transport(&client, cfg, &a).await?,
+    });
+    let started = Instant::now();
+    let sh = Arc::new(Shared {
+        next_user: AtomicU64::new(0),
+        attempts: AtomicU64::new(0),
+        granted: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        sold_out_at_ms: Mutex::new(None),
+        started,
+        deadline: started + Duration::from_secs(a.duration_max),
+        attempts_max: a.attempts_max.unwrap_or(u64::MAX),
+        users: a.users,
+        bots: a.bots,
+        checkout_pay: a.checkout_pay,
+        sale: sale_id.clone(),
+        run_id,
+    });
+
+    let bar = if !a.no_progress && std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(a.users);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} users {msg}",
+        ) {
+            b.set_style(style);
+        }
+        Some(b)
+    } else {
+        None
+    };
+    let ticker = bar.clone().map(|b| {
+        let sh = sh.clone();
+        tokio::spawn(async move {
+            loop {
+                let done = sh.next_user.load(Ordering::Relaxed).min(sh.users);
+                b.set_position(done);
+                b.set_message(format!(
+                    "{} attempts, {} granted",
+                    sh.attempts.load(Ordering::Relaxed),
+                    sh.granted.load(Ordering::Relaxed)
+                ));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+
+    let workers: Vec<_> = (0..a.concurrency)
+        .map(|w| tokio::spawn(worker(sh.clone(), transport.clone(), w)))
+        .collect();
+    let mut total = Tally::new()?;
+    let mut failure = None;
+    for w in workers {
+        match w.await {
+            Ok(Ok(t)) => total.merge(t),
+            Ok(Err(e)) => failure = Some(e),
+            Err(e) => failure = Some(CliError::Bench(format!("a worker failed: {e}"))),
+        }
+    }
+    sh.stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+
+    let after: SaleDto = client.get(&sale_path).await?.value;
+    let check = check(&before, &after, total.units_granted, total.unknown);
+    let h = &total.latency_us;
+    let ms = |us: u64| us as f64 / 1000.0;
+    let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    let sold_out = sh.sold_out_at_ms.lock().ok().and_then(|g| *g);
+    let report = BenchReport {
+        sale_id,
+        protocol: match a.protocol {
+            Protocol::Http => "http".into(),
+            Protocol::Grpc => "grpc".into(),
+        },
+        users: a.users,
+        users_done: total.users_done,
+        bots_share: a.bots,
+        concurrency: a.concurrency,
+        quantity: after.spec.quantity,
+        attempts: total.attempts,
+        requests: total.ops,
+        holds_granted: total.holds_granted,
+        units_granted: total.units_granted,
+        checkouts: total.checkouts,
+        sold: total.sold,
+        unknown_outcomes: total.unknown,
+        rejections: total.rejections.clone(),
+        transient_errors: total.transient.clone(),
+        elapsed_ms,
+        throughput_ops_per_s: if elapsed.as_secs_f64() > 0.0 {
+            (total.ops as f64 / elapsed.as_secs_f64() * 10.0).round() / 10.0
+        } else {
+            0.0
+        },
+        latency: Latency {
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+        },
+        time_to_sell_out_ms: sold_out,
+        counters_after: after.counters.clone(),
+        check,
+    };
+    match cfg.output {
+        Output::Json => println!("{}", crate::output::json(&report)),
+        Output::Table => print!("{}", report_text(&report)),
+    }
+    if report.check.ok {
+        Ok(())
+    } else {
+        Err(CliError::Bench(
+            "oversell check failed: the server's counters do not match (see the report)".into(),
+        ))
+    }
+}
+
+/// The report for people.
+pub fn report_text(r: &BenchReport) -> String {
+    let codes = |m: &BTreeMap<String, u64>| {
+        if m.is_empty() {
+            "none".to_string()
+        } else {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let c = &r.counters_after;
+    let k = &r.check;
+    let yes = |b: bool| if b { "ok" } else { "FAILED" }.to_string();
+    kv(&[
+        ("sale", format!("{} ({} units)", r.sale_id, r.quantity)),
+        (
+            "crowd",
+            format!(
+                "{} users ({} done), {:.0}% bots, {} concurrent, {}",
+                r.users,
+                r.users_done,
+                r.bots_share * 100.0,
+                r.concurrency,
+                r.protocol
+            ),
+        ),
+        ("attempts", r.attempts.to_string()),
+        ("requests", r.requests.to_string()),
+        (
+            "holds granted",
+            format!("{} ({} units)", r.holds_granted, r.units_granted),
+        ),
+        ("checkouts", r.checkouts.to_string()),
+        ("sold", r.sold.to_string()),
+        ("rejections", codes(&r.rejections)),
+        ("transient errors", codes(&r.transient_errors)),
+        ("unknown outcomes", r.unknown_outcomes.to_string()),
+        ("elapsed", secs(r.elapsed_ms)),
+        ("throughput", format!("{} ops/s", r.throughput_ops_per_s)),
+        (
+            "latency",
+            format!(
+                "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                r.latency.p50_ms, r.latency.p90_ms, r.latency.p99_ms, r.latency.max_ms
+            ),
+        ),
+        (
+            "time to sell out",
+            r.time_to_sell_out_ms
+                .map(secs)
+                .unwrap_or_else(|| "not sold out".into()),
+        ),
+        (
+            "server counters",
+            format!(
+                "available {} / held {} / awaiting {} / sold {}",
+                c.available, c.held, c.awaiting_payment, c.sold
+            ),
+        ),
+        ("sold <= quantity", yes(k.sold_le_quantity)),
+        ("counters conserve", yes(k.conserves)),
+        (
+            "holds reconciled",
+            format!(
+                "{} (server reserved {} units, in use +{}, returned {})",
+                yes(k.holds_reconciled),
+                k.server_units_reserved,
+                k.server_units_in_use_delta,
+                k.server_units_returned
+            ),
+        ),
+        ("oversell check", yes(k.ok)),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bot_share_is_respected() {
+        let bots = (0..10_000).filter(|&i| is_bot(i, 0.1)).count();
+        assert!((900..=1100).contains(&bots), "{bots}");
+        assert!(!(0..1000).any(|i| is_bot(i, 0.0)));
+        assert!((0..1000).all(|i| is_bot(i, 1.0)));
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::*;
+
+    fn sale(available: u32, held: u32, awaiting: u32, sold: u32, reserved: u64) -> SaleDto {
+        SaleDto {
+            spec: SaleSpecDto {
+                id: "s".into(),
+                product: ProductDto {
+                    sku: "P".into(),
+                    name: "N".into(),
+                    description: String::new(),
+                    image_url: String::new(),
+                },
+                list_price_minor: 1,
+                sale_price_minor: 1,
+                currency: "EUR".into(),
+                quantity: 10,
+                starts_at_ms: 0,
+                ends_at_ms: 1,
+                per_user_limit: 1,
+                hold_ttl_ms: 1,
+                payment_window_ms: 0,
+            },
+            status: "active".into(),
+            counters: CountersDto {
+                available,
+                held,
+                awaiting_payment: awaiting,
+                sold,
+            },
+            stats: SaleStatsDto {
+                holds_granted: reserved,
+                units_reserved: reserved,
+                holds_expired: 0,
+                holds_released: 0,
+                checkouts: 0,
+                orders_paid: 0,
+                orders_cancelled: 0,
+                orders_timed_out: 0,
+                unique_buyers: 0,
+                waitlist_joined: 0,
+                waitlist_promoted: 0,
+                sold_out_at_ms: None,
+                fully_sold_at_ms: None,
+                waitlist_len: 0,
+            },
+            ended_early_at_ms: None,
+            as_of_ms: 0,
+        }
+    }
+
+    #[test]
+    fn exact_run_passes() {
+        let c = check(&sale(10, 0, 0, 0, 0), &sale(2, 5, 1, 2, 8), 8, 0);
+        assert!(c.ok, "{c:?}");
+    }
+
+    #[test]
+    fn a_grant_the_bench_never_saw_fails_unless_an_outcome_was_unknown() {
+        let c = check(&sale(10, 0, 0, 0, 0), &sale(1, 9, 0, 0, 9), 8, 0);
+        assert!(!c.holds_reconciled && !c.ok, "{c:?}");
+        let c = check(&sale(10, 0, 0, 0, 0), &sale(1, 9, 0, 0, 9), 8, 1);
+        assert!(c.ok, "{c:?}");
+    }
+
+    #[test]
+    fn broken_conservation_fails() {
+        let c = check(&sale(10, 0, 0, 0, 0), &sale(3, 5, 1, 2, 8), 8, 0);
+        assert!(!c.conserves && !c.ok, "{c:?}");
+    }
+}
