@@ -1,0 +1,109 @@
+//! The final state read after every fault has healed and the cluster is quiet.
+//!
+//! This module owns the shape the runner hands the state checkers: the authoritative
+//! (linearizable) view of every sale, hold and order, each hold and order tagged with the
+//! `request_id` that produced it, and per-node counters and state-machine hashes read
+//! from every replica. The checkers trust it to be complete for the sales of the run: a
+//! hold or order missing here is treated as lost.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::history::{Counters, OrderStatus};
+
+/// One sale's quantity and counters.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SaleCounters {
+    pub quantity: u32,
+    pub counters: Counters,
+}
+
+/// A hold's state as the API names it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldState {
+    Active,
+    Released,
+    Expired,
+    CheckedOut,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct FinalHold {
+    pub hold_id: u64,
+    pub sale_id: String,
+    pub user_id: String,
+    pub qty: u32,
+    pub expires_at_ms: u64,
+    /// The reserve request that produced it; `None` for a waitlist hand-off.
+    pub request_id: Option<String>,
+    #[serde(default)]
+    pub from_waitlist: bool,
+    pub state: HoldState,
+    /// When it was released or expired (state-machine clock), if it was.
+    #[serde(default)]
+    pub state_at_ms: Option<u64>,
+    /// The order it became, if checked out.
+    #[serde(default)]
+    pub order_id: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct FinalOrder {
+    pub order_id: u64,
+    pub sale_id: String,
+    pub user_id: String,
+    pub hold_id: u64,
+    pub qty: u32,
+    /// The checkout request that produced it.
+    pub request_id: Option<String>,
+    pub status: OrderStatus,
+    #[serde(default)]
+    pub pay_by_ms: Option<u64>,
+    /// `payment_failed`, `payment_timeout` or `by_user` when cancelled.
+    #[serde(default)]
+    pub cancel_reason: Option<String>,
+    /// When it was paid or cancelled (state-machine clock), if it was.
+    #[serde(default)]
+    pub status_at_ms: Option<u64>,
+}
+
+/// What one replica reported after quiet.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NodeState {
+    pub node: String,
+    /// The replica's state-machine hash; `None` if it could not be read.
+    pub state_hash: Option<String>,
+    #[serde(default)]
+    pub applied_index: Option<u64>,
+    pub sales: BTreeMap<String, SaleCounters>,
+}
+
+/// Everything read after heal and quiet.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct FinalState {
+    /// The authoritative view of each sale.
+    pub sales: BTreeMap<String, SaleCounters>,
+    pub holds: Vec<FinalHold>,
+    pub orders: Vec<FinalOrder>,
+    pub nodes: Vec<NodeState>,
+}
+
+impl FinalState {
+    pub fn hold(&self, hold_id: u64) -> Option<&FinalHold> {
+        self.holds.iter().find(|h| h.hold_id == hold_id)
+    }
+
+    pub fn order(&self, order_id: u64) -> Option<&FinalOrder> {
+        self.orders.iter().find(|o| o.order_id == order_id)
+    }
+
+    pub fn holds_by_id(&self) -> BTreeMap<u64, &FinalHold> {
+        self.holds.iter().map(|h| (h.hold_id, h)).collect()
+    }
+
+    pub fn orders_by_id(&self) -> BTreeMap<u64, &FinalOrder> {
+        self.orders.iter().map(|o| (o.order_id, o)).collect()
+    }
+}

@@ -1,0 +1,506 @@
+//! Linearizability per sale: a WGL search of each sale's history against a model.
+//!
+//! This module owns the translation of a history into per-sale search problems and the
+//! checker's verdict. The history is partitioned by sale (every rule is per sale, so the
+//! partition is exact); each partition becomes a [`model::SaleModel`] plus real-time
+//! windows, and [`wgl::search`] looks for a linearization.
+//!
+//! Translation:
+//! - Retries of one `(user, request_id)` with the same call are one effect: their window
+//!   runs from the first invoke to the first acknowledgement (or first state-machine
+//!   refusal); with neither, the effect is optional.
+//! - `Ok` ops are required; `Info` ops (and ops never completed) are optional: they may
+//!   linearize anywhere after their invoke, or never.
+//! - `Fail` ops whose code states a fact about the sale (see [`model`]) are required
+//!   observations; other `Fail` ops changed nothing and are dropped.
+//! - Every hold gets an optional expiry event from `expires_at − skew`; every awaiting
+//!   order an optional payment-timeout event from `pay_by − skew`.
+//! - Linearizable reads are required observations of the counters; stale reads are
+//!   dropped. Ops on holds or orders this history never created are dropped (counted).
+//!
+//! Verdicts: `Valid` only if a linearization was found; `Invalid` with the longest
+//! linearizable prefix and the op that could not follow it; `Unknown` if the search hit
+//! its step or time limit, the sale had waitlist activity (not modeled), or the sale is
+//! missing from the history's meta.
+
+pub mod model;
+pub mod wgl;
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::checkers::is_state_machine_code;
+use crate::history::{Call, History, OkValue, Op, OrderStatus, Outcome, SaleMeta};
+use crate::verdict::{Anomaly, CheckConfig, CheckResult, Clock, SubVerdict, Verdict};
+use model::{HoldSlot, OrderSlot, SaleModel, Step};
+use wgl::Window;
+
+pub const NAME: &str = "linearizability";
+
+/// Prefix ops shown in a counterexample (the last ones before the stuck op).
+pub const COUNTEREXAMPLE_PREFIX_MAX: usize = 20;
+
+/// A sale's search problem.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub model: SaleModel,
+    pub windows: Vec<Window>,
+    /// History op ids behind each step (empty for expiry/timeout events).
+    pub op_ids: Vec<Vec<u64>>,
+    pub dropped: u64,
+}
+
+/// One sale's verdict.
+#[derive(Debug, Clone)]
+pub struct SaleVerdict {
+    pub sale_id: String,
+    pub verdict: Verdict,
+    pub reason: Option<String>,
+    pub anomaly: Option<Anomaly>,
+    pub counts: BTreeMap<String, u64>,
+}
+
+/// Runs the check on every sale of the history.
+pub fn check(history: &History, config: &CheckConfig) -> CheckResult {
+    let mut res = CheckResult::new(NAME);
+    for sale_id in history.sale_ids() {
+        let v = check_sale(history, &sale_id, config);
+        res.count("sales", 1);
+        res.count(&format!("sales_{}", v.verdict.name()), 1);
+        match v.verdict {
+            Verdict::Valid => {}
+            Verdict::Unknown => res.unknown(format!(
+                "sale {sale_id}: {}",
+                v.reason.clone().unwrap_or_default()
+            )),
+            Verdict::Invalid => {}
+        }
+        if let Some(a) = v.anomaly.clone() {
+            res.anomaly(a);
+        }
+        res.sub.push(SubVerdict {
+            key: sale_id.clone(),
+            verdict: v.verdict,
+            reason: v.reason,
+            counts: v.counts,
+        });
+    }
+    res
+}
+
+/// Checks one sale.
+pub fn check_sale(history: &History, sale_id: &str, config: &CheckConfig) -> SaleVerdict {
+    let ops: Vec<&Op> = history.ops_of_sale(sale_id).collect();
+    let mut v = SaleVerdict {
+        sale_id: sale_id.into(),
+        verdict: Verdict::Unknown,
+        reason: None,
+        anomaly: None,
+        counts: BTreeMap::new(),
+    };
+    v.counts.insert("history_ops".into(), ops.len() as u64);
+    let Some(meta) = history.meta.sale(sale_id) else {
+        v.reason = Some("sale missing from the history meta".into());
+        return v;
+    };
+    if ops
+        .iter()
+        .any(|o| matches!(o.call, Call::JoinWaitlist { .. }) && !o.outcome.is_fail())
+    {
+        v.reason = Some("waitlist activity is not modeled".into());
+        return v;
+    }
+    let clock = Clock::new(history.meta.wall_start_ms, config.skew_ms);
+    let p = build(meta, &ops, &clock);
+    v.counts.insert("search_ops".into(), p.windows.len() as u64);
+    v.counts.insert(
+        "required_ops".into(),
+        p.windows.iter().filter(|w| w.ret.is_some()).count() as u64,
+    );
+    v.counts.insert("dropped_ops".into(), p.dropped);
+    let (outcome, stats) = wgl::search(&p.model, p.model.initial(), &p.windows, config.lin);
+    v.counts.insert("steps".into(), stats.steps);
+    v.counts.insert("states_cached".into(), stats.cache_entries);
+    v.counts.insert("elapsed_ms".into(), stats.elapsed_ms);
+    match outcome {
+        wgl::Outcome::Linearizable(_) => v.verdict = Verdict::Valid,
+        wgl::Outcome::Exhausted { why } => {
+            v.verdict = Verdict::Unknown;
+            v.reason = Some(format!("search gave up: {why}"));
+        }
+        wgl::Outcome::NotLinearizable { prefix, stuck } => {
+            v.verdict = Verdict::Invalid;
+            v.anomaly = Some(counterexample(sale_id, &p, &prefix, stuck));
+        }
+    }
+    v
+}
+
+fn describe(p: &Problem, i: usize) -> String {
+    let ids = p.op_ids.get(i).cloned().unwrap_or_default();
+    let step = p.model.steps.get(i);
+    if ids.is_empty() {
+        format!("{step:?}")
+    } else {
+        let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+        format!("op {} {step:?}", ids.join("+"))
+    }
+}
+
+fn counterexample(sale_id: &str, p: &Problem, prefix: &[usize], stuck: usize) -> Anomaly {
+    let mut state = p.model.initial();
+    for &i in prefix {
+        if let Some(n) = wgl::Model::step(&p.model, &state, i) {
+            state = n;
+        }
+    }
+    let shown: Vec<String> = prefix
+        .iter()
+        .skip(prefix.len().saturating_sub(COUNTEREXAMPLE_PREFIX_MAX))
+        .map(|&i| describe(p, i))
+        .collect();
+    let mut ops: Vec<u64> = p.op_ids.get(stuck).cloned().unwrap_or_default();
+    for &i in prefix {
+        ops.extend(p.op_ids.get(i).into_iter().flatten());
+    }
+    Anomaly::new(
+        "not_linearizable",
+        Some(sale_id),
+        ops,
+        format!(
+            "no linearization: after the longest linearizable prefix ({} steps, last: [{}]) \
+             the model is at {:?} and {} cannot take effect before it returns",
+            prefix.len(),
+            shown.join("; "),
+            state.counters,
+            describe(p, stuck)
+        ),
+    )
+}
+
+/// One effect: retries of a request merged.
+struct Effect<'a> {
+    call: &'a Call,
+    ids: Vec<u64>,
+    invoke: i128,
+    /// The deciding outcome: an ok, else a state-machine refusal, else unknown, else a
+    /// refusal from before the state machine (then nothing happened).
+    outcome: Outcome,
+    ret: Option<i128>,
+}
+
+/// Ranks outcomes of retries: the most informative decides the effect.
+fn rank(o: &Outcome) -> u8 {
+    match o {
+        Outcome::Ok { .. } => 3,
+        Outcome::Fail { code, .. } if is_state_machine_code(code) => 2,
+        Outcome::Info { .. } => 1,
+        Outcome::Fail { .. } => 0,
+    }
+}
+
+fn merge<'a>(ops: &[&'a Op]) -> Vec<Effect<'a>> {
+    let mut out: Vec<Effect<'a>> = Vec::new();
+    let mut by_key: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    for op in ops {
+        let idx = match op.call.client_key() {
+            Some((u, r)) => *by_key.entry((op.call.kind(), u, r)).or_insert(out.len()),
+            None => out.len(),
+        };
+        if idx == out.len() {
+            out.push(Effect {
+                call: &op.call,
+                ids: Vec::new(),
+                invoke: i128::from(op.invoke_ns),
+                outcome: op.outcome.clone(),
+                ret: op.complete_ns.map(i128::from),
+            });
+        }
+        let Some(e) = out.get_mut(idx) else { continue };
+        if *e.call != op.call {
+            // A request id reused for a different command: the server refuses it.
+            continue;
+        }
+        e.ids.push(op.id);
+        e.invoke = e.invoke.min(i128::from(op.invoke_ns));
+        let done = op.complete_ns.map(i128::from);
+        let (new_rank, old_rank) = (rank(&op.outcome), rank(&e.outcome));
+        let earlier = match (done, e.ret) {
+            (Some(a), Some(b)) => a < b,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if new_rank > old_rank || (new_rank == old_rank && earlier) {
+            e.outcome = op.outcome.clone();
+            e.ret = done;
+        }
+    }
+    out
+}
+
+fn user_index(users: &mut HashMap<String, usize>, u: &str) -> usize {
+    let n = users.len();
+    *users.entry(u.to_string()).or_insert(n)
+}
+
+/// Builds a sale's search problem.
+pub fn build(meta: &SaleMeta, ops: &[&Op], clock: &Clock) -> Problem {
+    let effects = merge(ops);
+    let mut p = Problem {
+        model: SaleModel {
+            quantity: meta.quantity,
+            per_user_limit: meta.per_user_limit,
+            holds: Vec::new(),
+            orders: Vec::new(),
+            users: 0,
+            steps: Vec::new(),
+        },
+        windows: Vec::new(),
+        op_ids: Vec::new(),
+        dropped: 0,
+    };
+    let mut users: HashMap<String, usize> = HashMap::new();
+    let ttl_ns = i128::from(meta.hold_ttl_ms) * 1_000_000;
+    let window_ns = i128::from(meta.payment_window_ms) * 1_000_000;
+
+    // Hold slots: reserves that were acknowledged or may have happened.
+    let mut hold_by_id: HashMap<u64, usize> = HashMap::new();
+    let mut hold_expiry: Vec<i128> = Vec::new();
+    let mut hold_slot_of: Vec<Option<usize>> = vec![None; effects.len()];
+    for (i, e) in effects.iter().enumerate() {
+        let Call::Reserve { user_id, qty, .. } = e.call else {
+            continue;
+        };
+        let user = user_index(&mut users, user_id);
+        let slot = p.model.holds.len();
+        match &e.outcome {
+            Outcome::Ok {
+                value:
+                    OkValue::Held {
+                        hold_id,
+                        qty: granted,
+                        expires_at_ms,
+                    },
+            } => {
+                hold_by_id.insert(*hold_id, slot);
+                p.model.holds.push(HoldSlot {
+                    user,
+                    qty: *granted,
+                });
+                hold_expiry.push(clock.earliest(*expires_at_ms));
+            }
+            Outcome::Info { .. } => {
+                p.model.holds.push(HoldSlot { user, qty: *qty });
+                hold_expiry.push(e.invoke + ttl_ns - clock.skew_ns);
+            }
+            _ => continue,
+        }
+        if let Some(s) = hold_slot_of.get_mut(i) {
+            *s = Some(slot);
+        }
+    }
+    // Order slots: checkouts of known holds that were acknowledged or may have happened.
+    let mut order_by_id: HashMap<u64, usize> = HashMap::new();
+    let mut order_timeout: Vec<Option<i128>> = Vec::new();
+    let mut order_slot_of: Vec<Option<usize>> = vec![None; effects.len()];
+    for (i, e) in effects.iter().enumerate() {
+        let Call::Checkout { hold_id, .. } = e.call else {
+            continue;
+        };
+        let Some(&hold) = hold_by_id.get(hold_id) else {
+            continue;
+        };
+        let Some(h) = p.model.holds.get(hold) else {
+            continue;
+        };
+        let (user, qty) = (h.user, h.qty);
+        let slot = p.model.orders.len();
+        match &e.outcome {
+            Outcome::Ok {
+                value:
+                    OkValue::CheckedOut {
+                        order_id,
+                        pay_by_ms,
+                        ..
+                    },
+            } => {
+                order_by_id.insert(*order_id, slot);
+                order_timeout.push(pay_by_ms.map(|t| clock.earliest(t)));
+            }
+            Outcome::Info { .. } => {
+                order_timeout.push(
+                    (meta.payment_window_ms > 0).then(|| e.invoke + window_ns - clock.skew_ns),
+                );
+            }
+            _ => continue,
+        }
+        p.model.orders.push(OrderSlot { hold, user, qty });
+        if let Some(s) = order_slot_of.get_mut(i) {
+            *s = Some(slot);
+        }
+    }
+
+    for (i, e) in effects.iter().enumerate() {
+        let step = effect_step(
+            e,
+            meta,
+            &mut users,
+            hold_slot_of.get(i).copied().flatten(),
+            order_slot_of.get(i).copied().flatten(),
+            &hold_by_id,
+            &hold_expiry,
+            &order_by_id,
+            &order_timeout,
+        );
+        match step {
+            Some(s) => {
+                let required = e.outcome.is_ok() || e.outcome.is_fail();
+                p.model.steps.push(s);
+                p.windows.push(Window {
+                    call: e.invoke,
+                    ret: if required { e.ret } else { None },
+                });
+                p.op_ids.push(e.ids.clone());
+            }
+            None => p.dropped += e.ids.len() as u64,
+        }
+    }
+
+    // Optional expiry and timeout events.
+    for (hold, t) in hold_expiry.iter().enumerate() {
+        p.model.steps.push(Step::Expire {
+            hold,
+            eligible: true,
+        });
+        p.windows.push(Window {
+            call: *t,
+            ret: None,
+        });
+        p.op_ids.push(Vec::new());
+    }
+    for (order, t) in order_timeout.iter().enumerate() {
+        if let Some(t) = t {
+            p.model.steps.push(Step::Timeout {
+                order,
+                eligible: true,
+            });
+            p.windows.push(Window {
+                call: *t,
+                ret: None,
+            });
+            p.op_ids.push(Vec::new());
+        }
+    }
+    p.model.users = users.len();
+    p
+}
+
+/// The model step of one effect, or `None` to drop it (it changed nothing the model can
+/// judge, or it names a hold or order this history never created).
+#[allow(clippy::too_many_arguments)]
+fn effect_step(
+    e: &Effect<'_>,
+    meta: &SaleMeta,
+    users: &mut HashMap<String, usize>,
+    hold_slot: Option<usize>,
+    order_slot: Option<usize>,
+    hold_by_id: &HashMap<u64, usize>,
+    hold_expiry: &[i128],
+    order_by_id: &HashMap<u64, usize>,
+    order_timeout: &[Option<i128>],
+) -> Option<Step> {
+    let code = e.outcome.fail_code();
+    if code.is_some_and(|c| !FACT_CODES.contains(&c)) {
+        return None;
+    }
+    let value = e.outcome.ok_value();
+    let reaches = |t: Option<i128>| t.is_some_and(|t| e.ret.is_some_and(|r| t <= r));
+    match e.call {
+        Call::Reserve { user_id, qty, .. } => {
+            let user = user_index(users, user_id);
+            Some(match (code, value, hold_slot) {
+                (Some("sold_out"), _, _) => Step::SoldOut,
+                (Some("insufficient_stock"), _, _) => Step::Insufficient { qty: *qty },
+                (Some("limit_exceeded"), _, _) => Step::LimitExceeded { user, qty: *qty },
+                (Some(_), _, _) => Step::Impossible,
+                (None, _, Some(slot)) => Step::Grant { slot },
+                (None, _, None) => Step::Impossible,
+            })
+        }
+        Call::Release { hold_id, .. } | Call::Checkout { hold_id, .. } => {
+            let hold = *hold_by_id.get(hold_id)?;
+            let is_checkout = matches!(e.call, Call::Checkout { .. });
+            Some(match (code, value, is_checkout) {
+                (Some("hold_expired"), _, _) => Step::Expire {
+                    hold,
+                    eligible: reaches(hold_expiry.get(hold).copied()),
+                },
+                (Some("hold_not_active"), _, _) => Step::HoldNotActive { hold },
+                (Some(_), _, _) => Step::Impossible,
+                (None, Some(OkValue::Released { .. }) | None, false) => Step::Release { hold },
+                (None, Some(OkValue::CheckedOut { status, .. }), true) => {
+                    let confirmed = *status == OrderStatus::Confirmed;
+                    match order_slot {
+                        Some(order) if confirmed == (meta.payment_window_ms == 0) => {
+                            Step::Checkout {
+                                hold,
+                                order,
+                                confirmed,
+                            }
+                        }
+                        _ => Step::Impossible,
+                    }
+                }
+                (None, None, true) => match order_slot {
+                    Some(order) => Step::Checkout {
+                        hold,
+                        order,
+                        confirmed: meta.payment_window_ms == 0,
+                    },
+                    None => Step::Impossible,
+                },
+                (None, Some(_), _) => Step::Impossible,
+            })
+        }
+        Call::Pay { order_id, .. }
+        | Call::Cancel { order_id, .. }
+        | Call::FailPayment { order_id, .. } => {
+            let order = *order_by_id.get(order_id)?;
+            Some(match (e.call, code, value) {
+                (_, Some("payment_window_expired"), _) => Step::Timeout {
+                    order,
+                    eligible: reaches(order_timeout.get(order).copied().flatten()),
+                },
+                (_, Some("order_not_awaiting_payment"), _) => Step::NotAwaiting { order },
+                (_, Some("order_not_cancellable"), _) => Step::NotCancellable { order },
+                (_, Some(_), _) => Step::Impossible,
+                (Call::Pay { .. }, None, Some(OkValue::Paid { .. }) | None) => Step::Pay { order },
+                (Call::Cancel { .. }, None, Some(OkValue::Cancelled { .. }) | None) => {
+                    Step::Cancel { order }
+                }
+                (Call::FailPayment { .. }, None, Some(OkValue::PaymentFailed { .. }) | None) => {
+                    Step::FailPayment { order }
+                }
+                _ => Step::Impossible,
+            })
+        }
+        Call::ReadSale { linearizable, .. } => match value {
+            Some(OkValue::Sale { counters, .. }) if *linearizable => Some(Step::Read {
+                counters: *counters,
+            }),
+            _ => None,
+        },
+        Call::JoinWaitlist { .. } => None,
+    }
+}
+
+/// Refusal codes that state a fact about the sale's state (judged by the model).
+pub const FACT_CODES: &[&str] = &[
+    "sold_out",
+    "insufficient_stock",
+    "limit_exceeded",
+    "hold_expired",
+    "hold_not_active",
+    "payment_window_expired",
+    "order_not_awaiting_payment",
+    "order_not_cancellable",
+];
