@@ -15,10 +15,11 @@ use stockade_node::NodeHandle;
 use stockade_raft_store::types::{Product, SaleSpec};
 use stockade_raft_store::{Command, Response};
 
-async fn cluster(dir: &std::path::Path, batch_max: usize) -> Vec<NodeHandle> {
-    let sub = dir.join(format!("batch-{batch_max}"));
+async fn cluster(dir: &std::path::Path, batch_max: usize, inflight: usize) -> Vec<NodeHandle> {
+    let sub = dir.join(format!("batch-{batch_max}-{inflight}"));
     let flags = [
         format!("--batch-max={batch_max}"),
+        format!("--inflight-entries-max={inflight}"),
         "--snapshot-every-entries=1000000".to_string(),
     ];
     let flags: Vec<&str> = flags.iter().map(|s| s.as_str()).collect();
@@ -44,8 +45,8 @@ async fn main() {
         "{:<26} {:>12} {:>10} {:>10} {:>10} {:>16}",
         "mode", "reserves/s", "p50 ms", "p99 ms", "max ms", "cmds per entry"
     );
-    for batch_max in [1usize, 256] {
-        let nodes = cluster(dir.path(), batch_max).await;
+    for (batch_max, inflight) in [(1usize, 64usize), (256, 64), (256, 16), (256, 4), (256, 1)] {
+        let nodes = cluster(dir.path(), batch_max, inflight).await;
         let leader = loop {
             if let Some(h) = nodes.iter().find(|h| h.raft.is_leader()) {
                 break h.cluster.clone();
@@ -118,7 +119,7 @@ async fn main() {
         ) - counter(&entries_before, "stockade_log_entries_proposed_total");
         println!(
             "{:<26} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>16.1}",
-            format!("batch-max {batch_max}"),
+            format!("batch {batch_max}, in flight {inflight}"),
             lat.len() as f64 / elapsed.as_secs_f64(),
             pct(&lat, 0.5),
             pct(&lat, 0.99),
