@@ -127,6 +127,13 @@ pub trait Cluster: Send + Sync + 'static {
     fn status(&self) -> impl Future<Output = Result<ClusterStatus, ClusterError>> + Send;
     fn readiness(&self) -> Readiness;
 
+    /// Initializes a new cluster with these voters (empty: this node alone, at its
+    /// advertised addresses). Refused if this node already belongs to a cluster.
+    fn initialize(
+        &self,
+        members: std::collections::BTreeMap<u64, NodeAddr>,
+    ) -> impl Future<Output = Result<(), ClusterError>> + Send;
+
     fn add_learner(
         &self,
         node_id: u64,

@@ -498,6 +498,14 @@ pub struct AddLearnerBody {
     pub api_addr: String,
 }
 
+/// `POST /admin/init`: the first voters of a new cluster (empty or absent: this node alone).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InitBody {
+    #[serde(default)]
+    pub members: Vec<AddLearnerBody>,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MembershipBody {

@@ -172,6 +172,7 @@ pub(crate) fn build<C: Cluster>(shared: Arc<Shared<C>>) -> (Router, Vec<RouteSpe
             waitlist_position::<C>,
         )
         .add(Get, "/admin/status", admin_status::<C>)
+        .add(Post, "/admin/init", init_cluster::<C>)
         .add(Post, "/admin/learners", add_learner::<C>)
         .add(Post, "/admin/membership", change_membership::<C>)
         .add(Post, "/admin/leader", transfer_leader::<C>)
@@ -763,6 +764,38 @@ async fn admin_status<C: Cluster>(State(s): St<C>) -> ApiResult {
     status_reply(&s).await
 }
 
+/// Initialize a new cluster on a node started with `--init never`: the given voters (or
+/// this node alone). Refused with 409 if the node already belongs to a cluster.
+#[utoipa::path(post, path = "/admin/init", tag = "admin", request_body = InitBody,
+    responses(
+        (status = 200, description = "Initialized; the new status", body = ClusterStatusDto),
+        (status = 409, description = "Already initialized", body = ErrorBody)))]
+async fn init_cluster<C: Cluster>(State(s): St<C>, ApiJson(b): ApiJson<InitBody>) -> ApiResult {
+    if b.members.len() > MEMBERSHIP_VOTERS_MAX {
+        return Err(ApiError::invalid(
+            "members",
+            format!("at most {MEMBERSHIP_VOTERS_MAX}"),
+        ));
+    }
+    let mut members = std::collections::BTreeMap::new();
+    for m in b.members {
+        check_addr("raft_addr", &m.raft_addr)?;
+        check_addr("api_addr", &m.api_addr)?;
+        let addr = NodeAddr {
+            raft_addr: m.raft_addr,
+            api_addr: m.api_addr,
+        };
+        if members.insert(m.node_id, addr).is_some() {
+            return Err(ApiError::invalid(
+                "members",
+                format!("node {} is listed twice", m.node_id),
+            ));
+        }
+    }
+    s.cluster.initialize(members).await?;
+    status_reply(&s).await
+}
+
 /// Add a node as a learner (it catches up before it may become a voter).
 #[utoipa::path(post, path = "/admin/learners", tag = "admin", request_body = AddLearnerBody,
     responses(
@@ -929,6 +962,7 @@ async fn openapi_json() -> Response {
         leave_waitlist,
         waitlist_position,
         admin_status,
+        init_cluster,
         add_learner,
         change_membership,
         transfer_leader,

@@ -74,8 +74,14 @@ pub enum Output {
 pub enum Command {
     /// Every member's role, term, leader, commit/applied index and replication lag.
     Status,
-    /// Check that the cluster is initialized, and explain how to initialize it if not.
-    Init,
+    /// Initialize a new cluster on a node started with `--init never` (the node that
+    /// `--endpoints` reaches first): with `--peers`, those voters; without, that node alone.
+    /// Refused (exit 1, `refused`) if the node already belongs to a cluster.
+    Init {
+        /// The first voters, `ID=GRPC_ADDR/HTTP_ADDR,...` (must include the node itself).
+        #[arg(long, value_delimiter = ',')]
+        peers: Vec<String>,
+    },
     /// Add a node as a learner (it catches up before it can be promoted).
     AddLearner {
         node_id: u64,

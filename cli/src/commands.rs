@@ -132,7 +132,7 @@ async fn dispatch(c: &Client, cfg: &Config, cmd: Command) -> Res {
     let out = cfg.output;
     match cmd {
         Command::Status => status(c, cfg).await,
-        Command::Init => init(c, out).await,
+        Command::Init { peers } => init(c, out, &peers).await,
         Command::AddLearner {
             node_id,
             grpc_addr,
@@ -542,22 +542,23 @@ async fn status(c: &Client, cfg: &Config) -> Res {
     Ok(())
 }
 
-async fn init(c: &Client, out: Output) -> Res {
-    let st: ClusterStatusDto = c.get("/admin/status").await?.value;
-    if st.members.is_empty() {
-        return Err(CliError::Client(ClientError::Rejected {
-            status: 409,
-            code: "not_initialized".into(),
-            message: format!(
-                "node {} is not part of an initialized cluster. The API has no initialize call: \
-                 either restart it with --init auto (the lowest id of --peers initializes the \
-                 cluster from the --peers list), or add it to a running cluster with \
-                 `stockctl --endpoints <a member> add-learner {} GRPC_ADDR HTTP_ADDR` then \
-                 `stockctl promote {}`",
-                st.node_id, st.node_id, st.node_id
-            ),
-        }));
-    }
+async fn init(c: &Client, out: Output, peers: &[String]) -> Res {
+    let members: Vec<stockade_api::dto::AddLearnerBody> = if peers.is_empty() {
+        Vec::new()
+    } else {
+        crate::args::parse_peers(peers)?
+            .into_iter()
+            .map(
+                |(node_id, (raft_addr, api_addr))| stockade_api::dto::AddLearnerBody {
+                    node_id,
+                    raft_addr,
+                    api_addr,
+                },
+            )
+            .collect()
+    };
+    let body = stockade_api::dto::InitBody { members };
+    let st: ClusterStatusDto = c.post("/admin/init", &body).await?.value;
     match out {
         Output::Json => print_json(&st),
         Output::Table => {

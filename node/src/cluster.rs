@@ -79,6 +79,8 @@ pub struct NodeCluster {
     pub(crate) proposals: mpsc::Sender<Proposal>,
     pub(crate) cfg: ClusterConfig,
     pub(crate) stats: Arc<WriteStats>,
+    /// How other nodes reach this one.
+    pub(crate) me: NodeAddr,
 }
 
 fn internal(e: impl std::fmt::Display) -> ClusterError {
@@ -425,6 +427,27 @@ impl Cluster for NodeCluster {
             has_leader: m.current_leader.is_some(),
             caught_up: applied >= committed,
         }
+    }
+
+    async fn initialize(
+        &self,
+        members: std::collections::BTreeMap<u64, NodeAddr>,
+    ) -> Result<(), ClusterError> {
+        let members = if members.is_empty() {
+            std::collections::BTreeMap::from([(self.id, self.me.clone())])
+        } else {
+            members
+        };
+        if !members.contains_key(&self.id) {
+            return Err(ClusterError::Refused(format!(
+                "the members must include this node ({})",
+                self.id
+            )));
+        }
+        self.raft.initialize(members).await.map_err(|e| match e {
+            RaftError::APIError(api) => ClusterError::Refused(api.to_string()),
+            RaftError::Fatal(f) => internal(f),
+        })
     }
 
     async fn add_learner(&self, node_id: u64, addr: NodeAddr) -> Result<(), ClusterError> {

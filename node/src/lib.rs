@@ -154,6 +154,7 @@ pub async fn start(cfg: Config) -> Result<NodeHandle, StartError> {
             read_policy: cfg.read_policy.clone(),
         },
         stats: stats.clone(),
+        me: me.clone(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();

@@ -542,3 +542,28 @@ async fn three_nodes_form_a_cluster_from_flags_alone() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_uninitialized_node_is_initialized_through_the_admin_port_once() {
+    let dir = TempDir::new().unwrap();
+    let node = start(args(1, dir.path(), "127.0.0.1:0", "127.0.0.1:0", &[]))
+        .await
+        .unwrap();
+    assert!(!node.raft.is_initialized().await.unwrap());
+    node.cluster
+        .initialize(BTreeMap::new())
+        .await
+        .expect("initialize alone");
+    assert!(
+        local::wait_leader(std::slice::from_ref(&node), Duration::from_secs(5)).await == Some(1)
+    );
+    let again = node.cluster.initialize(BTreeMap::new()).await;
+    assert!(matches!(again, Err(ClusterError::Refused(_))), "{again:?}");
+    let other: BTreeMap<u64, stockade_raft_store::NodeAddr> = BTreeMap::from([(9, addr_of(&node))]);
+    let without_me = node.cluster.initialize(other).await;
+    assert!(
+        matches!(without_me, Err(ClusterError::Refused(_))),
+        "{without_me:?}"
+    );
+    node.shutdown().await;
+}

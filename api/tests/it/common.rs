@@ -126,6 +126,17 @@ impl Cluster for Fake {
         })
     }
 
+    async fn initialize(
+        &self,
+        members: std::collections::BTreeMap<u64, NodeAddr>,
+    ) -> Result<(), ClusterError> {
+        let list: Vec<String> = members
+            .iter()
+            .map(|(id, a)| format!("{id}={}/{}", a.raft_addr, a.api_addr))
+            .collect();
+        self.admin(format!("init [{}]", list.join(",")))
+    }
+
     async fn add_learner(&self, node_id: u64, addr: NodeAddr) -> Result<(), ClusterError> {
         self.admin(format!(
             "learner {node_id} {} {}",

@@ -758,13 +758,25 @@ async fn admin_routes() {
     assert_eq!(r.status, StatusCode::OK);
     let r = h.raw("POST", "/admin/snapshot", None).await;
     assert_eq!(r.status, StatusCode::OK);
+    let r = h.post("/admin/init", json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = h
+        .post(
+            "/admin/init",
+            json!({"members": [{"node_id": 7, "raft_addr": "a:1", "api_addr": "a:2"},
+                               {"node_id": 8, "raft_addr": "b:1", "api_addr": "b:2"}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(
         *h.fake.admin_calls.lock().unwrap(),
         [
             "learner 2 10.0.0.2:7000 10.0.0.2:8000",
             "membership {2, 7} true",
             "leader 2",
-            "snapshot"
+            "snapshot",
+            "init []",
+            "init [7=a:1/a:2,8=b:1/b:2]"
         ]
     );
 
@@ -778,6 +790,12 @@ async fn admin_routes() {
         ),
         ("/admin/leader", json!({"to": -1}), "to"),
         ("/admin/leader", json!({"to": 1, "force": true}), "force"),
+        (
+            "/admin/init",
+            json!({"members": [{"node_id": 1, "raft_addr": "a:1", "api_addr": "a:2"},
+                               {"node_id": 1, "raft_addr": "b:1", "api_addr": "b:2"}]}),
+            "twice",
+        ),
     ] {
         let r = h.post(uri, body.clone()).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
@@ -788,7 +806,7 @@ async fn admin_routes() {
             r.text
         );
     }
-    assert_eq!(h.fake.admin_calls.lock().unwrap().len(), 4);
+    assert_eq!(h.fake.admin_calls.lock().unwrap().len(), 6);
 }
 
 #[tokio::test]
