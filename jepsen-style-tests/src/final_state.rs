@@ -80,6 +80,21 @@ pub struct NodeState {
     pub sales: BTreeMap<String, SaleCounters>,
 }
 
+/// A part of the final state the runner could not read (the API does not expose it).
+/// Checkers that need it say `Unknown` for that part, never `Valid`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Gap {
+    /// No per-replica state-machine hash (`NodeState::state_hash` is `None`).
+    StateHash,
+    /// A hold's `request_id` is known only where an ok reserve answer named the hold.
+    HoldRequestIds,
+    /// An order's `request_id` is known only where an ok checkout answer named the order.
+    OrderRequestIds,
+    /// No `state_at_ms` / `status_at_ms` (when a hold expired, an order timed out).
+    StateTimes,
+}
+
 /// Everything read after heal and quiet.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct FinalState {
@@ -88,6 +103,9 @@ pub struct FinalState {
     pub holds: Vec<FinalHold>,
     pub orders: Vec<FinalOrder>,
     pub nodes: Vec<NodeState>,
+    /// What could not be read (empty: complete).
+    #[serde(default)]
+    pub gaps: Vec<Gap>,
 }
 
 impl FinalState {
@@ -97,6 +115,10 @@ impl FinalState {
 
     pub fn order(&self, order_id: u64) -> Option<&FinalOrder> {
         self.orders.iter().find(|o| o.order_id == order_id)
+    }
+
+    pub fn has_gap(&self, g: Gap) -> bool {
+        self.gaps.contains(&g)
     }
 
     pub fn holds_by_id(&self) -> BTreeMap<u64, &FinalHold> {

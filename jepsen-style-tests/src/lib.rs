@@ -26,4 +26,5 @@ pub mod final_state;
 pub mod history;
 pub mod linearizability;
 pub mod report;
+pub mod runner;
 pub mod verdict;

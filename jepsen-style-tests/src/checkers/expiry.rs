@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::final_state::{FinalState, HoldState};
+use crate::final_state::{FinalState, Gap, HoldState};
 use crate::history::{Call, History, OkValue, OrderStatus};
 use crate::verdict::{fmt_ns, Anomaly, CheckConfig, CheckResult, Clock};
 
@@ -150,6 +150,27 @@ pub fn check(
     }
 
     if let Some(fs) = final_state {
+        if fs.has_gap(Gap::StateTimes) {
+            let untimed = fs
+                .holds
+                .iter()
+                .filter(|h| h.state == HoldState::Expired && h.state_at_ms.is_none())
+                .count()
+                + fs.orders
+                    .iter()
+                    .filter(|o| {
+                        o.cancel_reason.as_deref() == Some("payment_timeout")
+                            && o.status_at_ms.is_none()
+                    })
+                    .count();
+            if untimed > 0 {
+                res.count("final_expiries_untimed", untimed as u64);
+                res.unknown(format!(
+                    "{untimed} expiries in the final state have no time (the API does not \
+                     expose when a hold expired or an order timed out)"
+                ));
+            }
+        }
         for h in &fs.holds {
             if let (HoldState::Expired, Some(at)) = (h.state, h.state_at_ms) {
                 res.count("final_expired_holds", 1);

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use crate::checkers::is_state_machine_code;
-use crate::final_state::FinalState;
+use crate::final_state::{FinalState, Gap};
 use crate::history::{History, Op};
 use crate::verdict::{Anomaly, CheckResult};
 
@@ -83,6 +83,17 @@ pub fn check(history: &History, final_state: Option<&FinalState>) -> CheckResult
         res.unknown("no final state was read");
         return res;
     };
+    let untied = fs
+        .holds
+        .iter()
+        .filter(|h| h.request_id.is_none() && !h.from_waitlist)
+        .count();
+    if fs.has_gap(Gap::HoldRequestIds) && untied > 0 {
+        res.unknown(format!(
+            "{untied} hold(s) not tied to a request: a duplicate among them cannot be seen \
+             (the API does not expose a hold's request id)"
+        ));
+    }
     let mut holds: BTreeMap<(&str, &str), Vec<u64>> = BTreeMap::new();
     for h in &fs.holds {
         if let (Some(rid), false) = (&h.request_id, h.from_waitlist) {

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::final_state::{FinalState, HoldState};
+use crate::final_state::{FinalState, Gap, HoldState};
 use crate::history::{Call, History, Op, OrderStatus};
 use crate::verdict::{Anomaly, CheckResult};
 
@@ -85,26 +85,56 @@ pub fn check(history: &History, final_state: Option<&FinalState>) -> CheckResult
             }
         };
 
+    // Without request ids from the API, a hold no ok answer named is explained only by a
+    // reserve of that user on that sale whose outcome stayed unknown: more such holds than
+    // such requests is a phantom; as many or fewer is unknown (which request made which).
+    let rid_gap = fs.has_gap(Gap::HoldRequestIds);
+    let mut unsettled: BTreeMap<(&str, &str), (u64, Vec<u64>)> = BTreeMap::new();
+    if rid_gap {
+        let mut by_req: BTreeMap<(&str, &str, &str), Vec<&Op>> = BTreeMap::new();
+        for op in &history.ops {
+            if let (Call::Reserve { sale_id, .. }, Some((user, rid))) =
+                (&op.call, op.call.client_key())
+            {
+                by_req.entry((sale_id, user, rid)).or_default().push(op);
+            }
+        }
+        for ((sale, user, _), ops) in by_req {
+            let e = unsettled.entry((sale, user)).or_default();
+            if !ops.iter().any(|o| o.outcome.is_ok()) && ops.iter().any(|o| o.outcome.is_info()) {
+                e.0 += 1;
+            }
+            e.1.extend(ops.iter().map(|o| o.id));
+        }
+    }
+    let mut unattributed: BTreeMap<(&str, &str), Vec<u64>> = BTreeMap::new();
     for h in &fs.holds {
         if !sales.contains(&h.sale_id) {
             continue;
         }
         let sale = h.sale_id.as_str();
-        match &h.request_id {
-            Some(rid) if !h.from_waitlist => judge(
-                &mut res,
-                "phantom_hold",
-                sale,
-                by_request.get(&("reserve", h.user_id.as_str(), rid.as_str())),
-                format!("hold {} exists for request {rid}", h.hold_id),
-            ),
-            _ => judge(
-                &mut res,
-                "phantom_hold",
-                sale,
-                joins.get(&(sale, h.user_id.as_str())),
-                format!("waitlist hold {} exists for user {}", h.hold_id, h.user_id),
-            ),
+        if rid_gap && h.request_id.is_none() && !h.from_waitlist {
+            unattributed
+                .entry((sale, h.user_id.as_str()))
+                .or_default()
+                .push(h.hold_id);
+        } else {
+            match &h.request_id {
+                Some(rid) if !h.from_waitlist => judge(
+                    &mut res,
+                    "phantom_hold",
+                    sale,
+                    by_request.get(&("reserve", h.user_id.as_str(), rid.as_str())),
+                    format!("hold {} exists for request {rid}", h.hold_id),
+                ),
+                _ => judge(
+                    &mut res,
+                    "phantom_hold",
+                    sale,
+                    joins.get(&(sale, h.user_id.as_str())),
+                    format!("waitlist hold {} exists for user {}", h.hold_id, h.user_id),
+                ),
+            }
         }
         match h.state {
             HoldState::Released => judge(
@@ -122,6 +152,27 @@ pub fn check(history: &History, final_state: Option<&FinalState>) -> CheckResult
                 format!("hold {} is checked out", h.hold_id),
             ),
             HoldState::Active | HoldState::Expired => {}
+        }
+    }
+
+    for ((sale, user), holds) in &unattributed {
+        res.count("holds_without_request_id", holds.len() as u64);
+        let (n, ops) = unsettled.get(&(*sale, *user)).cloned().unwrap_or_default();
+        if holds.len() as u64 > n {
+            res.anomaly(Anomaly::new(
+                "phantom_hold",
+                Some(sale),
+                ops,
+                format!(
+                    "holds {holds:?} of {user} were named by no ok reserve, and only {n} \
+                     reserve(s) of {user} have an unknown outcome"
+                ),
+            ));
+        } else {
+            res.unknown(format!(
+                "{} hold(s) not tied to a request (the API does not expose a hold's request id)",
+                unattributed.values().map(Vec::len).sum::<usize>()
+            ));
         }
     }
 

@@ -120,6 +120,7 @@ pub fn good_final() -> FinalState {
             status_at_ms: Some(WALL + 55),
         }],
         nodes: vec![node("n1"), node("n2"), node("n3")],
+        gaps: vec![],
     }
 }
 

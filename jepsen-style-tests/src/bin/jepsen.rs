@@ -1,0 +1,149 @@
+//! `stockade-jepsen`: runs the Jepsen-style suite against real `stockade` processes.
+//!
+//! This binary owns the command line only: it builds a [`RunConfig`], runs it (or the PR
+//! tier), prints the report and exits 0 valid / 1 invalid / 2 unknown (3 on a setup
+//! error). Everything else is in `stockade_jepsen::runner`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use stockade_jepsen::report::{exit_code, EXIT_INVALID, EXIT_UNKNOWN};
+use stockade_jepsen::runner::nemesis::FaultKind;
+use stockade_jepsen::runner::run::{default_bin, pr_tier, run, RunConfig};
+use stockade_jepsen::verdict::Verdict;
+
+/// Exit code of a run that could not be set up.
+const EXIT_SETUP: u8 = 3;
+/// Length of one PR-tier run.
+const PR_RUN: Duration = Duration::from_secs(20);
+
+#[derive(Parser)]
+#[command(
+    name = "stockade-jepsen",
+    about = "Jepsen-style fault injection for Stockade"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// One run (or, with --tier pr, several short runs covering each fault kind).
+    Run {
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 20)]
+        duration_s: u64,
+        /// Comma-separated: kill, kill-leader, kill-one, kill-minority, pause, skew; or none.
+        #[arg(long, default_value = "kill,pause,skew")]
+        nemesis: String,
+        #[arg(long, default_value_t = 6)]
+        clients: usize,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Output directory (default: target/jepsen/seed-S).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        stockade_bin: Option<PathBuf>,
+        /// Inject at most this many faults.
+        #[arg(long)]
+        faults_max: Option<usize>,
+        /// Keep the nodes' data directories.
+        #[arg(long)]
+        keep_data: bool,
+        /// `pr`: 3 × 20 s runs, one per fault family (kill, pause, skew).
+        #[arg(long)]
+        tier: Option<String>,
+    },
+}
+
+fn parse_nemesis(s: &str) -> Result<Vec<FaultKind>, String> {
+    let mut out = Vec::new();
+    for w in s.split(',').filter(|w| !w.trim().is_empty()) {
+        if w.trim() == "none" {
+            continue;
+        }
+        let ks = FaultKind::parse_group(w).ok_or_else(|| format!("unknown nemesis {w:?}"))?;
+        for k in ks {
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn main() -> ExitCode {
+    let Cli { cmd } = Cli::parse();
+    let Cmd::Run {
+        seed,
+        duration_s,
+        nemesis,
+        clients,
+        nodes,
+        out,
+        stockade_bin,
+        faults_max,
+        keep_data,
+        tier,
+    } = cmd;
+    let setup = |e: String| {
+        eprintln!("stockade-jepsen: {e}");
+        ExitCode::from(EXIT_SETUP)
+    };
+    let nemesis = match parse_nemesis(&nemesis) {
+        Ok(n) => n,
+        Err(e) => return setup(e),
+    };
+    let bin = match stockade_bin.map(Ok).unwrap_or_else(default_bin) {
+        Ok(b) => b,
+        Err(e) => return setup(e),
+    };
+    let out = out.unwrap_or_else(|| {
+        let base = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().and_then(|d| d.parent()).map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("target"));
+        base.join("jepsen").join(format!("seed-{seed}"))
+    });
+    let cfg = RunConfig {
+        seed,
+        duration: Duration::from_secs(duration_s),
+        nemesis,
+        clients,
+        nodes,
+        out,
+        bin,
+        faults_max,
+        keep_data,
+    };
+    let results = match tier.as_deref() {
+        None => vec![run(&cfg)],
+        Some("pr") => pr_tier(&cfg, PR_RUN),
+        Some(t) => return setup(format!("unknown tier {t:?} (known: pr)")),
+    };
+    let mut overall = Verdict::Valid;
+    let mut setup_failed = false;
+    for r in results {
+        match r {
+            Ok(r) => {
+                println!("{}", r.report.to_text());
+                println!("saved to {}\n", r.out.display());
+                overall = overall.and(r.report.verdict);
+            }
+            Err(e) => {
+                eprintln!("stockade-jepsen: run failed: {e}");
+                setup_failed = true;
+            }
+        }
+    }
+    let code = exit_code(overall);
+    if code == EXIT_INVALID || code == EXIT_UNKNOWN || !setup_failed {
+        return ExitCode::from(u8::try_from(code).unwrap_or(EXIT_SETUP));
+    }
+    ExitCode::from(EXIT_SETUP)
+}

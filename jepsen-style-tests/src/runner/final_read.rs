@@ -1,0 +1,304 @@
+//! Waiting for a leader and for quiet, and reading the final state over HTTP.
+//!
+//! This module owns [`wait_leader`] (every answering node agrees on one leader),
+//! [`wait_quiet`] (all nodes answer, agree on a leader and have applied the same index,
+//! twice in a row) and [`read_final`], which fills a [`FinalState`]:
+//! - authoritative sales: linearizable `GET /v1/sales/{id}` on the leader;
+//! - holds and orders: hold and order ids share one counter from 1, so every id is read
+//!   (`GET /v1/holds/{id}`, else `GET /v1/orders/{id}`) until [`ID_MISS_RUN_MAX`]
+//!   consecutive ids are neither;
+//! - per node: `GET /v1/sales/{id}?consistency=stale` and `applied_index`.
+//!
+//! What the API does not expose is recorded in [`FinalState::gaps`] so the checkers say
+//! `Unknown` for it: per-node state hash, each hold's and order's request id (filled only
+//! where an ok answer tied the id to its request), and the time a hold expired or an
+//! order was paid / cancelled. It must not change the cluster.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::client::{Answer, Client, Status};
+use super::workload::parse_status;
+use crate::final_state::{
+    FinalHold, FinalOrder, FinalState, Gap, HoldState, NodeState, SaleCounters,
+};
+use crate::history::{Counters, History, OkValue, SaleMeta};
+
+/// Poll period of the leader and quiet waits.
+pub const POLL: Duration = Duration::from_millis(50);
+/// Consecutive ids that are neither hold nor order before the scan stops.
+pub const ID_MISS_RUN_MAX: u64 = 20;
+/// Ids scanned at most.
+pub const IDS_SCAN_MAX: u64 = 100_000;
+/// Attempts at one final read before the final state is declared unreadable.
+pub const READ_ATTEMPTS_MAX: u32 = 5;
+/// Pause between such attempts.
+const READ_RETRY: Duration = Duration::from_millis(200);
+/// Quiet: applied indexes equal and unchanged over this many polls.
+const QUIET_POLLS: u32 = 3;
+/// Period of the quiet polls.
+const QUIET_POLL: Duration = Duration::from_millis(200);
+
+async fn statuses(c: &Client, nodes: &[String]) -> Vec<Option<Status>> {
+    let mut out = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        out.push(c.status(n).await);
+    }
+    out
+}
+
+/// The leader every answering node (at least a majority) agrees on.
+pub async fn leader_now(c: &Client, nodes: &[String]) -> Option<u64> {
+    let st = statuses(c, nodes).await;
+    let up: Vec<&Status> = st.iter().flatten().collect();
+    if up.len() * 2 <= nodes.len() {
+        return None;
+    }
+    let l = up.first()?.leader_id?;
+    let leader_answers = up.iter().any(|s| s.node_id == l && s.role == "leader");
+    (leader_answers && up.iter().all(|s| s.leader_id == Some(l))).then_some(l)
+}
+
+/// Waits up to `timeout` for [`leader_now`]; the leader and how long it took.
+pub async fn wait_leader(
+    c: &Client,
+    nodes: &[String],
+    timeout: Duration,
+) -> Option<(u64, Duration)> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Some(l) = leader_now(c, nodes).await {
+            return Some((l, start.elapsed()));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    None
+}
+
+/// Waits until every node answers, agrees on the leader and has applied the same index,
+/// unchanged over [`QUIET_POLLS`] polls. The leader's id.
+pub async fn wait_quiet(c: &Client, nodes: &[String], timeout: Duration) -> Result<u64, String> {
+    let start = Instant::now();
+    let mut stable = 0;
+    let mut last: Option<(u64, u64)> = None;
+    let mut seen = String::new();
+    while start.elapsed() < timeout {
+        let st = statuses(c, nodes).await;
+        let all: Option<Vec<Status>> = st.into_iter().collect();
+        if let Some(all) = all {
+            seen = format!(
+                "{:?}",
+                all.iter()
+                    .map(|s| (s.node_id, s.role.clone(), s.leader_id, s.applied_index))
+                    .collect::<Vec<_>>()
+            );
+            let leader = all.first().and_then(|s| s.leader_id);
+            let applied = all.first().map(|s| s.applied_index);
+            let agree = leader.is_some()
+                && all.iter().all(|s| s.leader_id == leader)
+                && all.iter().all(|s| Some(s.applied_index) == applied)
+                && all.iter().all(|s| s.commit_index == s.applied_index);
+            if let (true, Some(l), Some(a)) = (agree, leader, applied) {
+                if last == Some((l, a)) {
+                    stable += 1;
+                } else {
+                    stable = 1;
+                    last = Some((l, a));
+                }
+                if stable >= QUIET_POLLS {
+                    return Ok(l);
+                }
+            } else {
+                stable = 0;
+            }
+        } else {
+            seen = "not every node answers".into();
+            stable = 0;
+        }
+        tokio::time::sleep(QUIET_POLL).await;
+    }
+    Err(format!("no quiet within {timeout:?}: {seen}"))
+}
+
+/// A GET retried on `Info` and connect failures; `Ok(None)` for a definite 404.
+async fn get_settled(c: &Client, node: &str, path: &str) -> Result<Option<Value>, String> {
+    let mut last = String::new();
+    for _ in 0..READ_ATTEMPTS_MAX {
+        match c.get(node, path).await {
+            Answer::Ok(v) => return Ok(Some(v)),
+            Answer::Fail { code, .. } if code.ends_with("not_found") => return Ok(None),
+            Answer::Fail { code, message } => last = format!("{code}: {message}"),
+            Answer::Info(r) => last = r,
+        }
+        tokio::time::sleep(READ_RETRY).await;
+    }
+    Err(format!("GET {path} on {node}: {last}"))
+}
+
+fn sale_counters(v: &Value) -> Option<SaleCounters> {
+    let c = v.get("counters")?;
+    let g = |k: &str| {
+        c.get(k)
+            .and_then(Value::as_u64)
+            .and_then(|x| u32::try_from(x).ok())
+    };
+    Some(SaleCounters {
+        quantity: v
+            .pointer("/spec/quantity")
+            .and_then(Value::as_u64)
+            .and_then(|x| u32::try_from(x).ok())?,
+        counters: Counters {
+            available: g("available")?,
+            held: g("held")?,
+            awaiting_payment: g("awaiting_payment")?,
+            sold: g("sold")?,
+        },
+    })
+}
+
+fn hold_state(s: &str) -> Option<HoldState> {
+    Some(match s {
+        "active" => HoldState::Active,
+        "released" => HoldState::Released,
+        "expired" => HoldState::Expired,
+        "checked_out" => HoldState::CheckedOut,
+        _ => return None,
+    })
+}
+
+/// Reads the final state from a quiet cluster whose leader is `leader`.
+pub async fn read_final(
+    c: &Client,
+    nodes: &BTreeMap<u64, String>,
+    leader: u64,
+    sales: &[SaleMeta],
+    history: &History,
+) -> Result<FinalState, String> {
+    let lnode = nodes
+        .get(&leader)
+        .ok_or_else(|| format!("leader {leader} is not a node of the run"))?;
+    let mut fs = FinalState::default();
+    for s in sales {
+        let v = get_settled(c, lnode, &format!("/v1/sales/{}", s.sale_id))
+            .await?
+            .ok_or_else(|| format!("sale {} not found", s.sale_id))?;
+        let sc = sale_counters(&v).ok_or_else(|| format!("unreadable sale {v}"))?;
+        fs.sales.insert(s.sale_id.clone(), sc);
+    }
+
+    // Request ids as the ok answers tied them to records.
+    let mut hold_rid: BTreeMap<u64, String> = BTreeMap::new();
+    let mut order_rid: BTreeMap<u64, String> = BTreeMap::new();
+    for op in &history.ops {
+        let rid = op.call.client_key().map(|(_, r)| r.to_string());
+        match (op.outcome.ok_value(), rid) {
+            (Some(OkValue::Held { hold_id, .. }), Some(r)) => {
+                hold_rid.entry(*hold_id).or_insert(r);
+            }
+            (Some(OkValue::CheckedOut { order_id, .. }), Some(r)) => {
+                order_rid.entry(*order_id).or_insert(r);
+            }
+            _ => {}
+        }
+    }
+
+    let mut misses = 0;
+    let mut id = 1;
+    while misses < ID_MISS_RUN_MAX && id <= IDS_SCAN_MAX {
+        if let Some(h) = get_settled(c, lnode, &format!("/v1/holds/{id}")).await? {
+            fs.holds.push(final_hold(&h, &hold_rid)?);
+            misses = 0;
+        } else if let Some(o) = get_settled(c, lnode, &format!("/v1/orders/{id}")).await? {
+            fs.orders.push(final_order(&o, &order_rid)?);
+            misses = 0;
+        } else {
+            misses += 1;
+        }
+        id += 1;
+    }
+
+    for (&nid, addr) in nodes {
+        let st = c
+            .status(addr)
+            .await
+            .ok_or_else(|| format!("node {nid} gives no status"))?;
+        let mut ns = NodeState {
+            node: format!("n{nid}"),
+            state_hash: None,
+            applied_index: Some(st.applied_index),
+            sales: BTreeMap::new(),
+        };
+        for s in sales {
+            let v = get_settled(
+                c,
+                addr,
+                &format!("/v1/sales/{}?consistency=stale", s.sale_id),
+            )
+            .await?
+            .ok_or_else(|| format!("node {nid}: sale {} not found", s.sale_id))?;
+            let sc = sale_counters(&v).ok_or_else(|| format!("unreadable sale {v}"))?;
+            ns.sales.insert(s.sale_id.clone(), sc);
+        }
+        fs.nodes.push(ns);
+    }
+    fs.gaps = vec![
+        Gap::StateHash,
+        Gap::HoldRequestIds,
+        Gap::OrderRequestIds,
+        Gap::StateTimes,
+    ];
+    Ok(fs)
+}
+
+fn u(v: &Value, k: &str) -> Result<u64, String> {
+    v.get(k)
+        .and_then(Value::as_u64)
+        .ok_or_else(|| format!("{k} missing in {v}"))
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> Result<&'a str, String> {
+    v.get(k)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("{k} missing in {v}"))
+}
+
+fn final_hold(v: &Value, rids: &BTreeMap<u64, String>) -> Result<FinalHold, String> {
+    let hold_id = u(v, "hold_id")?;
+    let state = hold_state(s(v, "state")?).ok_or_else(|| format!("unknown hold state in {v}"))?;
+    Ok(FinalHold {
+        hold_id,
+        sale_id: s(v, "sale_id")?.to_string(),
+        user_id: s(v, "user_id")?.to_string(),
+        qty: u32::try_from(u(v, "qty")?).map_err(|e| e.to_string())?,
+        expires_at_ms: u(v, "expires_at_ms")?,
+        request_id: rids.get(&hold_id).cloned(),
+        from_waitlist: v
+            .get("from_waitlist")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        state,
+        state_at_ms: None,
+        order_id: v.get("order_id").and_then(Value::as_u64),
+    })
+}
+
+fn final_order(v: &Value, rids: &BTreeMap<u64, String>) -> Result<FinalOrder, String> {
+    let order_id = u(v, "order_id")?;
+    Ok(FinalOrder {
+        order_id,
+        sale_id: s(v, "sale_id")?.to_string(),
+        user_id: s(v, "user_id")?.to_string(),
+        hold_id: u(v, "hold_id")?,
+        qty: u32::try_from(u(v, "qty")?).map_err(|e| e.to_string())?,
+        request_id: rids.get(&order_id).cloned(),
+        status: parse_status(s(v, "status")?).ok_or_else(|| format!("unknown status in {v}"))?,
+        pay_by_ms: v.get("pay_by_ms").and_then(Value::as_u64),
+        cancel_reason: v
+            .get("cancel_reason")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        status_at_ms: None,
+    })
+}

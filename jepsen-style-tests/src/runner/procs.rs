@@ -1,0 +1,322 @@
+//! Cluster control, process backend: `stockade` node processes on loopback.
+//!
+//! This module owns starting N real `stockade` processes on free loopback ports, each
+//! with its own data directory under one temporary directory, forming one cluster from
+//! `--peers`; and the process-level faults: stop (SIGTERM), kill -9, restart from the data
+//! dir (optionally with `--clock-skew-ms`), pause / resume (SIGSTOP / SIGCONT).
+//!
+//! Every child is killed (SIGCONT first, then SIGKILL) and reaped when the
+//! [`ProcessCluster`] is dropped: on normal exit, on error and on panic. It must not talk
+//! to the nodes' APIs (that is [`super::client`]) and must not touch any process it did
+//! not start. A SIGKILL of the runner itself cannot be caught: its children then outlive
+//! it (not handled: no `PR_SET_PDEATHSIG` without unsafe code).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a SIGTERM'd node may take to exit before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How often an exiting child is polled.
+const EXIT_POLL: Duration = Duration::from_millis(20);
+/// Most nodes one cluster may have.
+pub const NODES_MAX: usize = 9;
+
+/// Fast Raft timings for loopback (as `stockade_node::local` uses) and short request
+/// timeouts so a paused leader turns into `info` ops quickly.
+pub const NODE_FLAGS: &[&str] = &[
+    "--heartbeat-ms=50",
+    "--election-min-ms=200",
+    "--election-max-ms=400",
+    "--propose-timeout-ms=2000",
+    "--forward-timeout-ms=2500",
+    "--read-timeout-ms=1500",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    #[error("stockade binary {0} not found")]
+    NoBinary(PathBuf),
+    #[error("{0}")]
+    Io(String),
+    #[error("no node {0}")]
+    NoNode(u64),
+    #[error("cluster size {0} not in 1..={NODES_MAX}")]
+    Size(usize),
+}
+
+fn io(what: &str, e: impl std::fmt::Display) -> ProcError {
+    ProcError::Io(format!("{what}: {e}"))
+}
+
+/// A node's fixed identity: id, ports and data dir (kept across restarts).
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub id: u64,
+    pub http: String,
+    pub grpc: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+/// What a node process is doing now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcState {
+    Running,
+    Paused,
+    Down,
+}
+
+struct Node {
+    spec: NodeSpec,
+    child: Option<Child>,
+    paused: bool,
+    skew_ms: i64,
+}
+
+/// N `stockade` processes. Dropping it kills and reaps every child.
+pub struct ProcessCluster {
+    bin: PathBuf,
+    nodes: Vec<Node>,
+    // Declared last: dropped after the children are gone.
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> Result<u16, ProcError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| io("bind an ephemeral port", e))?;
+    Ok(l.local_addr().map_err(|e| io("local addr", e))?.port())
+}
+
+impl ProcessCluster {
+    /// Plans `n` nodes on fresh ports and starts them all.
+    pub fn start(bin: &Path, n: usize, keep_dir: bool) -> Result<ProcessCluster, ProcError> {
+        if n == 0 || n > NODES_MAX {
+            return Err(ProcError::Size(n));
+        }
+        if !bin.is_file() {
+            return Err(ProcError::NoBinary(bin.to_path_buf()));
+        }
+        let mut dir = tempfile::Builder::new()
+            .prefix("stockade-jepsen-")
+            .tempdir()
+            .map_err(|e| io("temp dir", e))?;
+        if keep_dir {
+            dir.disable_cleanup(true);
+        }
+        let mut nodes = Vec::with_capacity(n);
+        for id in 1..=n as u64 {
+            nodes.push(Node {
+                spec: NodeSpec {
+                    id,
+                    http: format!("127.0.0.1:{}", free_port()?),
+                    grpc: format!("127.0.0.1:{}", free_port()?),
+                    data_dir: dir.path().join(format!("node{id}")),
+                    log: dir.path().join(format!("node{id}.log")),
+                },
+                child: None,
+                paused: false,
+                skew_ms: 0,
+            });
+        }
+        let mut c = ProcessCluster {
+            bin: bin.to_path_buf(),
+            nodes,
+            dir,
+        };
+        for id in c.ids() {
+            c.spawn(id, 0)?;
+        }
+        Ok(c)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.spec.id).collect()
+    }
+
+    pub fn specs(&self) -> Vec<NodeSpec> {
+        self.nodes.iter().map(|n| n.spec.clone()).collect()
+    }
+
+    fn peers(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("{}={}/{}", n.spec.id, n.spec.grpc, n.spec.http))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn node(&mut self, id: u64) -> Result<&mut Node, ProcError> {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.spec.id == id)
+            .ok_or(ProcError::NoNode(id))
+    }
+
+    pub fn state(&mut self, id: u64) -> Result<ProcState, ProcError> {
+        let n = self.node(id)?;
+        let alive = match n.child.as_mut() {
+            None => false,
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+        };
+        Ok(match (alive, n.paused) {
+            (false, _) => ProcState::Down,
+            (true, true) => ProcState::Paused,
+            (true, false) => ProcState::Running,
+        })
+    }
+
+    pub fn skew_ms(&mut self, id: u64) -> Result<i64, ProcError> {
+        Ok(self.node(id)?.skew_ms)
+    }
+
+    fn spawn(&mut self, id: u64, skew_ms: i64) -> Result<(), ProcError> {
+        let peers = self.peers();
+        let bin = self.bin.clone();
+        let n = self.node(id)?;
+        if n.child.is_some() {
+            return Err(ProcError::Io(format!("node {id} is already running")));
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.spec.log)
+            .map_err(|e| io("node log", e))?;
+        let child = Command::new(&bin)
+            .arg(format!("--node-id={id}"))
+            .arg("--data-dir")
+            .arg(&n.spec.data_dir)
+            .arg(format!("--http-listen={}", n.spec.http))
+            .arg(format!("--grpc-listen={}", n.spec.grpc))
+            .arg(format!("--peers={peers}"))
+            .arg("--init=auto")
+            .arg(format!("--clock-skew-ms={skew_ms}"))
+            .args(NODE_FLAGS)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| io(&format!("spawn {}", bin.display()), e))?;
+        n.child = Some(child);
+        n.paused = false;
+        n.skew_ms = skew_ms;
+        Ok(())
+    }
+
+    /// Starts a stopped node from its data dir, with this clock skew.
+    pub fn restart(&mut self, id: u64, skew_ms: i64) -> Result<(), ProcError> {
+        self.spawn(id, skew_ms)
+    }
+
+    fn signal(&mut self, id: u64, sig: &str) -> Result<bool, ProcError> {
+        let n = self.node(id)?;
+        let Some(c) = n.child.as_mut() else {
+            return Ok(false);
+        };
+        if !matches!(c.try_wait(), Ok(None)) {
+            return Ok(false);
+        }
+        // Our own child, alive and not yet reaped: its pid cannot have been reused.
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(c.id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| io("run kill", e))?;
+        Ok(st.success())
+    }
+
+    /// kill -9 and reap. Returns whether a live process was killed.
+    pub fn kill(&mut self, id: u64) -> Result<bool, ProcError> {
+        let n = self.node(id)?;
+        let Some(mut c) = n.child.take() else {
+            return Ok(false);
+        };
+        n.paused = false;
+        let was_alive = matches!(c.try_wait(), Ok(None));
+        let _ = c.kill();
+        let _ = c.wait();
+        Ok(was_alive)
+    }
+
+    /// SIGTERM, wait up to [`STOP_GRACE`], then SIGKILL. Returns whether it exited by itself.
+    pub fn stop(&mut self, id: u64) -> Result<bool, ProcError> {
+        if self.state(id)? == ProcState::Paused {
+            self.resume(id)?;
+        }
+        if !self.signal(id, "TERM")? {
+            self.kill(id)?;
+            return Ok(false);
+        }
+        let start = Instant::now();
+        let n = self.node(id)?;
+        let mut graceful = false;
+        if let Some(c) = n.child.as_mut() {
+            while start.elapsed() < STOP_GRACE {
+                if let Ok(Some(_)) = c.try_wait() {
+                    graceful = true;
+                    break;
+                }
+                std::thread::sleep(EXIT_POLL);
+            }
+        }
+        self.kill(id)?;
+        Ok(graceful)
+    }
+
+    /// SIGSTOP. Returns whether a running process was paused.
+    pub fn pause(&mut self, id: u64) -> Result<bool, ProcError> {
+        if self.state(id)? != ProcState::Running {
+            return Ok(false);
+        }
+        let ok = self.signal(id, "STOP")?;
+        self.node(id)?.paused = ok;
+        Ok(ok)
+    }
+
+    /// SIGCONT. Returns whether a paused process was resumed.
+    pub fn resume(&mut self, id: u64) -> Result<bool, ProcError> {
+        if self.state(id)? != ProcState::Paused {
+            return Ok(false);
+        }
+        let ok = self.signal(id, "CONT")?;
+        if ok {
+            self.node(id)?.paused = false;
+        }
+        Ok(ok)
+    }
+
+    /// The last `max_bytes` of a node's log, for error messages.
+    pub fn log_tail(&self, id: u64, max_bytes: usize) -> String {
+        let Some(n) = self.nodes.iter().find(|n| n.spec.id == id) else {
+            return String::new();
+        };
+        let s = std::fs::read_to_string(&n.spec.log).unwrap_or_default();
+        let cut = s.len().saturating_sub(max_bytes);
+        s.get(cut..).unwrap_or_default().to_string()
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                if n.paused {
+                    let _ = Command::new("kill")
+                        .arg("-CONT")
+                        .arg(c.id().to_string())
+                        .status();
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! One run end to end, and the PR tier.
+//!
+//! This module owns [`RunConfig`], [`run`] (start the cluster, create the sales, run the
+//! clients and the nemesis for the duration, heal everything, wait for a leader and
+//! quiet, read the final state, run every checker, write `history.jsonl`,
+//! `final_state.json`, `report.json`, `report.txt` into the output directory) and
+//! [`pr_tier`]. It must not judge anything itself: verdicts come from the checkers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use super::client::{Answer, Client};
+use super::final_read::{read_final, wait_leader, wait_quiet};
+use super::nemesis::{FaultKind, FaultRecord, Nemesis, ProcessNemesis, Undo};
+use super::procs::ProcessCluster;
+use super::rng::Rng;
+use super::workload::{sale_spec, sales_for_run, Recorder, Worker};
+use crate::history::{History, HistoryMeta};
+use crate::report::Report;
+use crate::verdict::CheckConfig;
+
+/// Longest run accepted.
+pub const DURATION_MAX: Duration = Duration::from_secs(3_600);
+/// Most clients accepted.
+pub const CLIENTS_MAX: usize = 64;
+/// How long the cluster may take to elect its first leader.
+pub const FIRST_LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long after a heal a leader is waited for.
+pub const HEAL_LEADER_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the final quiet is waited for.
+pub const QUIET_TIMEOUT: Duration = Duration::from_secs(30);
+/// Attempts at creating one sale.
+const CREATE_ATTEMPTS_MAX: u32 = 50;
+/// Pause between them.
+const CREATE_RETRY: Duration = Duration::from_millis(200);
+/// No fault is injected in the first part of a run (ms) …
+const CALM_START_MS: u64 = 1_500;
+/// … nor in the last part, so the cluster heals under load.
+const CALM_END_MS: u64 = 3_000;
+/// A fault lasts this long (ms, uniform).
+const FAULT_HOLD_MS: (u64, u64) = (1_500, 3_000);
+/// Gap between two faults (ms, uniform).
+const FAULT_GAP_MS: (u64, u64) = (1_500, 3_000);
+/// After the clients stop, wait out hold TTLs and payment windows plus this slack.
+const SETTLE_SLACK: Duration = Duration::from_millis(1_500);
+/// Bytes of a node log quoted when the cluster does not come up.
+const LOG_TAIL_BYTES: usize = 2_000;
+
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub seed: u64,
+    pub duration: Duration,
+    pub nemesis: Vec<FaultKind>,
+    pub clients: usize,
+    pub nodes: usize,
+    pub out: PathBuf,
+    pub bin: PathBuf,
+    /// Faults injected at most (`None`: as many as fit).
+    pub faults_max: Option<usize>,
+    pub keep_data: bool,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct RunResult {
+    pub report: Report,
+    pub faults: Vec<FaultRecord>,
+    pub out: PathBuf,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The `stockade` binary next to the running executable (target/{debug,release}/, also
+/// from target/*/deps/ for tests).
+pub fn default_bin() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
+    let mut dir = exe.parent();
+    for _ in 0..2 {
+        let Some(d) = dir else { break };
+        let cand = d.join("stockade");
+        if cand.is_file() {
+            return Ok(cand);
+        }
+        dir = d.parent();
+    }
+    Err(format!(
+        "no `stockade` binary next to {} (build it with `cargo build -p stockade-node --bin \
+         stockade`, or pass --stockade-bin PATH)",
+        exe.display()
+    ))
+}
+
+/// One run. Errors are setup failures (no cluster, no sale); a run that completes
+/// always yields a report, whatever its verdict.
+pub fn run(cfg: &RunConfig) -> Result<RunResult, String> {
+    if cfg.duration > DURATION_MAX || cfg.clients == 0 || cfg.clients > CLIENTS_MAX {
+        return Err(format!(
+            "duration must be ≤ {DURATION_MAX:?} and clients 1..={CLIENTS_MAX}"
+        ));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    rt.block_on(run_async(cfg))
+}
+
+async fn run_async(cfg: &RunConfig) -> Result<RunResult, String> {
+    std::fs::create_dir_all(&cfg.out).map_err(|e| format!("{}: {e}", cfg.out.display()))?;
+    let cluster =
+        ProcessCluster::start(&cfg.bin, cfg.nodes, cfg.keep_data).map_err(|e| e.to_string())?;
+    let specs = cluster.specs();
+    let data_dir = cluster.dir().to_path_buf();
+    let cluster = Arc::new(Mutex::new(cluster));
+    let addrs: BTreeMap<u64, String> = specs.iter().map(|s| (s.id, s.http.clone())).collect();
+    let nodes: Vec<String> = addrs.values().cloned().collect();
+    let client = Client::new()?;
+
+    if wait_leader(&client, &nodes, FIRST_LEADER_TIMEOUT)
+        .await
+        .is_none()
+    {
+        let tail = cluster
+            .lock()
+            .map(|c| c.log_tail(1, LOG_TAIL_BYTES))
+            .unwrap_or_default();
+        return Err(format!(
+            "no leader within {FIRST_LEADER_TIMEOUT:?}; node 1 log:\n{tail}"
+        ));
+    }
+    let sales = sales_for_run();
+    for s in &sales {
+        create_sale(&client, &nodes, s).await?;
+    }
+
+    let start = Instant::now();
+    let wall_start_ms = now_ms();
+    let rec = Arc::new(Recorder::new(start));
+    let deadline = start + cfg.duration;
+    let root = Rng::new(cfg.seed);
+
+    let mut tasks = Vec::with_capacity(cfg.clients);
+    for p in 0..cfg.clients {
+        let w = Worker::new(
+            p as u64,
+            nodes.clone(),
+            p % nodes.len().max(1),
+            root.fork(100 + p as u64),
+            sales.clone(),
+            client.clone(),
+            rec.clone(),
+            deadline,
+        );
+        tasks.push(tokio::spawn(w.run()));
+    }
+    let nem = tokio::spawn(nemesis_loop(
+        cfg.clone(),
+        cluster.clone(),
+        client.clone(),
+        nodes.clone(),
+        root.fork(1),
+        start,
+    ));
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut faults = nem.await.map_err(|e| format!("nemesis task: {e}"))?;
+    let ops = rec.take();
+
+    // Final phase: everything healed already (the nemesis heals each fault, and heals
+    // again below in case a heal failed); wait out TTLs, then quiet, then read.
+    heal_all(&cluster).await;
+    let settle = sales
+        .iter()
+        .map(|s| s.hold_ttl_ms + s.payment_window_ms)
+        .max()
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(settle) + SETTLE_SLACK).await;
+    let history = History {
+        meta: HistoryMeta {
+            seed: cfg.seed,
+            wall_start_ms,
+            sales: sales.clone(),
+        },
+        ops,
+    };
+    let final_state = match wait_quiet(&client, &nodes, QUIET_TIMEOUT).await {
+        Ok(leader) => read_final(&client, &addrs, leader, &sales, &history).await,
+        Err(e) => Err(e),
+    };
+
+    // Heal timings from the history: first ok write completed after each instant.
+    let writes: Vec<u64> = {
+        let mut v: Vec<u64> = history
+            .ops
+            .iter()
+            .filter(|o| o.outcome.is_ok() && o.call.client_key().is_some())
+            .filter_map(|o| o.complete_ns)
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let first_after = |t_ms: u64| -> Option<u64> {
+        let t_ns = t_ms.saturating_mul(1_000_000);
+        let i = writes.partition_point(|&w| w < t_ns);
+        writes.get(i).map(|w| w / 1_000_000 - t_ms)
+    };
+    for f in &mut faults {
+        f.fault_to_first_ack_write_ms = first_after(f.injected_at_ms);
+        f.heal_to_first_ack_write_ms = f.healed_at_ms.and_then(first_after);
+    }
+
+    let config = CheckConfig::default();
+    let (mut report, fs_error) = match &final_state {
+        Ok(fs) => (Report::build(&history, Some(fs), &config), None),
+        Err(e) => (Report::build(&history, None, &config), Some(e.clone())),
+    };
+    let injected = faults.len();
+    let effective = faults.iter().filter(|f| f.took_effect).count();
+    report.extra.insert(
+        "faults".into(),
+        serde_json::to_value(&faults).unwrap_or_default(),
+    );
+    report.extra.insert(
+        "faults_summary".into(),
+        json!({"injected": injected, "took_effect": effective, "healed": faults.iter().filter(|f| f.heal_ok).count()}),
+    );
+    report.extra.insert(
+        "run".into(),
+        json!({
+            "duration_s": cfg.duration.as_secs_f64(),
+            "clients": cfg.clients,
+            "nodes": cfg.nodes,
+            "nemesis": cfg.nemesis.iter().map(|k| k.name()).collect::<Vec<_>>(),
+            "data_dir": if cfg.keep_data { Some(data_dir.display().to_string()) } else { None },
+        }),
+    );
+    if let Some(e) = &fs_error {
+        report
+            .extra
+            .insert("final_state_error".into(), json!(e.clone()));
+    }
+    if let Ok(fs) = &final_state {
+        report.extra.insert(
+            "final_state_gaps".into(),
+            serde_json::to_value(&fs.gaps).unwrap_or_default(),
+        );
+    }
+    write_outputs(&cfg.out, &history, final_state.as_ref().ok(), &report)?;
+    drop(cluster);
+    Ok(RunResult {
+        report,
+        faults,
+        out: cfg.out.clone(),
+    })
+}
+
+fn write_outputs(
+    out: &Path,
+    history: &History,
+    fs: Option<&crate::final_state::FinalState>,
+    report: &Report,
+) -> Result<(), String> {
+    let w = |name: &str, s: &str| {
+        std::fs::write(out.join(name), s).map_err(|e| format!("write {name}: {e}"))
+    };
+    let h = history.to_jsonl_string().map_err(|e| e.to_string())?;
+    w("history.jsonl", &h)?;
+    if let Some(fs) = fs {
+        w(
+            "final_state.json",
+            &serde_json::to_string_pretty(fs).map_err(|e| e.to_string())?,
+        )?;
+    }
+    w("report.json", &report.to_json().map_err(|e| e.to_string())?)?;
+    w("report.txt", &report.to_text())?;
+    Ok(())
+}
+
+async fn create_sale(
+    c: &Client,
+    nodes: &[String],
+    s: &crate::history::SaleMeta,
+) -> Result<(), String> {
+    let mut last = String::new();
+    for i in 0..CREATE_ATTEMPTS_MAX {
+        let node = nodes
+            .get(i as usize % nodes.len().max(1))
+            .ok_or("no nodes")?;
+        match c.post(node, "/v1/sales", &sale_spec(s, now_ms())).await {
+            Answer::Ok(_) => return Ok(()),
+            Answer::Fail { code, .. } if code == "sale_exists" => return Ok(()),
+            Answer::Fail { code, message } => last = format!("{code}: {message}"),
+            Answer::Info(r) => last = r,
+        }
+        tokio::time::sleep(CREATE_RETRY).await;
+    }
+    Err(format!("creating sale {}: {last}", s.sale_id))
+}
+
+/// Restarts every down node, resumes every paused one (skew stays as healed by the
+/// nemesis; this is the safety net).
+async fn heal_all(cluster: &Arc<Mutex<ProcessCluster>>) {
+    let c = cluster.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        let Ok(mut c) = c.lock() else { return };
+        for id in c.ids() {
+            let _ = c.resume(id);
+            if c.state(id).ok() == Some(super::procs::ProcState::Down) {
+                let _ = c.restart(id, 0);
+            }
+            if c.skew_ms(id).unwrap_or(0) != 0 {
+                let _ = c.stop(id);
+                let _ = c.restart(id, 0);
+            }
+        }
+    })
+    .await;
+}
+
+async fn nemesis_loop(
+    cfg: RunConfig,
+    cluster: Arc<Mutex<ProcessCluster>>,
+    client: Client,
+    nodes: Vec<String>,
+    mut rng: Rng,
+    start: Instant,
+) -> Vec<FaultRecord> {
+    let mut log = Vec::new();
+    if cfg.nemesis.is_empty() {
+        return log;
+    }
+    let end_ms = ms(cfg.duration).saturating_sub(CALM_END_MS);
+    let elapsed = || ms(start.elapsed());
+    tokio::time::sleep(Duration::from_millis(CALM_START_MS)).await;
+    loop {
+        if cfg.faults_max.is_some_and(|m| log.len() >= m) {
+            break;
+        }
+        let hold = rng.between(FAULT_HOLD_MS.0, FAULT_HOLD_MS.1);
+        if elapsed() + hold > end_ms {
+            break;
+        }
+        let kind = match cfg
+            .nemesis
+            .get(rng.below(cfg.nemesis.len() as u64) as usize)
+        {
+            Some(k) => *k,
+            None => break,
+        };
+        let leader = super::final_read::leader_now(&client, &nodes).await;
+        let injected_at_ms = elapsed();
+        let c = cluster.clone();
+        let mut r2 = rng.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut n = ProcessNemesis;
+            let out = match c.lock() {
+                Ok(mut g) => n.inject(kind, leader, &mut r2, &mut *g),
+                Err(_) => (vec![], false, "cluster lock poisoned".into(), Undo::Nothing),
+            };
+            (out, r2)
+        })
+        .await;
+        let ((targets, mut took_effect, mut detail, undo), r2) = match joined {
+            Ok(v) => v,
+            Err(e) => (
+                (vec![], false, format!("nemesis: {e}"), Undo::Nothing),
+                rng.clone(),
+            ),
+        };
+        rng = r2;
+        // A pause takes effect if the paused node stops answering.
+        if let (FaultKind::PauseLeader, true) = (kind, took_effect) {
+            let silent = match targets
+                .first()
+                .and_then(|id| nodes.get((*id as usize).wrapping_sub(1)))
+            {
+                Some(addr) => client.status(addr).await.is_none(),
+                None => false,
+            };
+            took_effect = silent;
+            detail.push_str(&format!("; node silent afterwards: {silent}"));
+        }
+        let mut rec = FaultRecord {
+            kind,
+            nodes: targets,
+            injected_at_ms,
+            took_effect,
+            detail,
+            healed_at_ms: None,
+            heal_ok: false,
+            heal_to_leader_ms: None,
+            heal_to_first_ack_write_ms: None,
+            fault_to_first_ack_write_ms: None,
+        };
+        tokio::time::sleep(Duration::from_millis(hold)).await;
+        let c = cluster.clone();
+        let u2 = undo.clone();
+        let healed = tokio::task::spawn_blocking(move || match c.lock() {
+            Ok(mut g) => ProcessNemesis.heal(&u2, &mut *g),
+            Err(_) => (false, "cluster lock poisoned".into()),
+        })
+        .await
+        .unwrap_or_else(|e| (false, format!("heal task: {e}")));
+        rec.healed_at_ms = Some(elapsed());
+        rec.heal_ok = healed.0;
+        rec.detail.push_str(&format!("; heal: {}", healed.1));
+        rec.heal_to_leader_ms = wait_leader(&client, &nodes, HEAL_LEADER_TIMEOUT)
+            .await
+            .map(|(_, d)| ms(d));
+        log.push(rec);
+        let gap = rng.between(FAULT_GAP_MS.0, FAULT_GAP_MS.1);
+        if elapsed() + gap > end_ms {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(gap)).await;
+    }
+    log
+}
+
+/// The PR tier: one short run per fault family, seeds `seed`, `seed+1`, ….
+pub fn pr_tier(base: &RunConfig, run_duration: Duration) -> Vec<Result<RunResult, String>> {
+    let plans: [(&str, Vec<FaultKind>); 3] = [
+        (
+            "kill",
+            vec![
+                FaultKind::KillLeader,
+                FaultKind::KillOne,
+                FaultKind::KillMinority,
+            ],
+        ),
+        ("pause", vec![FaultKind::PauseLeader]),
+        ("skew", vec![FaultKind::SkewRestart]),
+    ];
+    let mut out = Vec::new();
+    for (i, (name, kinds)) in plans.into_iter().enumerate() {
+        let cfg = RunConfig {
+            seed: base.seed.wrapping_add(i as u64),
+            duration: run_duration,
+            nemesis: kinds,
+            out: base.out.join(format!("{i}-{name}")),
+            ..base.clone()
+        };
+        out.push(run(&cfg));
+    }
+    out
+}

@@ -1,0 +1,525 @@
+//! The workload: concurrent clients issuing flash-sale ops and recording them.
+//!
+//! This module owns the sales a run creates ([`sales_for_run`]), the client loop (reserve,
+//! release, checkout, pay, cancel, read_sale against a few small sales with short hold
+//! TTLs, per-user limits and payment windows) and the [`Recorder`] that turns each
+//! request into a history [`Op`] with its invoke and completion times.
+//!
+//! An `Info` mutation is retried with the same call and request id (a new op in the
+//! history) at most [`INFO_RETRIES_MAX`] times, on the next node, to settle it. Clients
+//! stop at the deadline or at [`OPS_MAX`] ops in total. It must not inject faults and must
+//! not read the final state.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::client::{Answer, Client};
+use super::rng::Rng;
+use crate::history::{Call, Counters, OkValue, Op, OrderStatus, Outcome, SaleMeta};
+
+/// Ops recorded in one run at most (all clients together).
+pub const OPS_MAX: u64 = 50_000;
+/// Retries of one unknown-outcome mutation with the same request id.
+pub const INFO_RETRIES_MAX: u32 = 4;
+/// Pause before such a retry.
+pub const RETRY_BACKOFF: Duration = Duration::from_millis(500);
+/// Think time between two ops of one client, in ms (uniform).
+pub const THINK_MS: (u64, u64) = (20, 80);
+/// Holds and orders a client remembers (oldest forgotten first).
+pub const KNOWN_MAX: usize = 16;
+/// Users per sale (per-user limits bite when they share).
+pub const USERS_PER_SALE: u64 = 5;
+/// Sale price of every unit, minor units.
+pub const PRICE_MINOR: u64 = 1_000;
+pub const CURRENCY: &str = "EUR";
+
+/// The sales of a run: small stock, short TTLs; one with a payment window, one cash on
+/// delivery, one tiny.
+pub fn sales_for_run() -> Vec<SaleMeta> {
+    vec![
+        SaleMeta {
+            sale_id: "js-a".into(),
+            quantity: 10,
+            per_user_limit: 2,
+            hold_ttl_ms: 1_500,
+            payment_window_ms: 2_000,
+        },
+        SaleMeta {
+            sale_id: "js-b".into(),
+            quantity: 8,
+            per_user_limit: 2,
+            hold_ttl_ms: 2_500,
+            payment_window_ms: 0,
+        },
+        SaleMeta {
+            sale_id: "js-c".into(),
+            quantity: 5,
+            per_user_limit: 1,
+            hold_ttl_ms: 1_000,
+            payment_window_ms: 1_500,
+        },
+    ]
+}
+
+/// The `POST /v1/sales` body of a sale, open from now for an hour.
+pub fn sale_spec(s: &SaleMeta, now_ms: u64) -> Value {
+    json!({
+        "id": s.sale_id,
+        "product": {"sku": format!("sku-{}", s.sale_id), "name": "Jepsen widget"},
+        "list_price_minor": PRICE_MINOR * 2,
+        "sale_price_minor": PRICE_MINOR,
+        "currency": CURRENCY,
+        "quantity": s.quantity,
+        "starts_at_ms": now_ms.saturating_sub(60_000),
+        "ends_at_ms": now_ms + 3_600_000,
+        "per_user_limit": s.per_user_limit,
+        "hold_ttl_ms": s.hold_ttl_ms,
+        "payment_window_ms": s.payment_window_ms,
+    })
+}
+
+/// Collects ops from every client.
+pub struct Recorder {
+    start: Instant,
+    next_id: AtomicU64,
+    ops: Mutex<Vec<Op>>,
+}
+
+impl Recorder {
+    pub fn new(start: Instant) -> Recorder {
+        Recorder {
+            start,
+            next_id: AtomicU64::new(0),
+            ops: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Reserves an op id, or `None` once [`OPS_MAX`] ops were issued.
+    fn begin(&self) -> Option<(u64, u64)> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        (id < OPS_MAX).then(|| (id, self.now_ns()))
+    }
+
+    fn finish(&self, op: Op) {
+        if let Ok(mut v) = self.ops.lock() {
+            v.push(op);
+        }
+    }
+
+    /// Every op, in invoke order.
+    pub fn take(&self) -> Vec<Op> {
+        let mut v = match self.ops.lock() {
+            Ok(mut g) => std::mem::take(&mut *g),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        };
+        v.sort_by_key(|o| (o.invoke_ns, o.id));
+        v
+    }
+}
+
+struct KnownHold {
+    sale: String,
+    user: String,
+    hold_id: u64,
+}
+
+struct KnownOrder {
+    sale: String,
+    user: String,
+    order_id: u64,
+    amount: u64,
+}
+
+/// One client (a Jepsen process).
+pub struct Worker {
+    pub process: u64,
+    pub nodes: Vec<String>,
+    pub node_ix: usize,
+    pub rng: Rng,
+    pub sales: Vec<SaleMeta>,
+    pub client: Client,
+    pub rec: Arc<Recorder>,
+    pub deadline: Instant,
+    seq: u64,
+    holds: Vec<KnownHold>,
+    orders: Vec<KnownOrder>,
+}
+
+fn parse_ok(call: &Call, v: &Value) -> Option<OkValue> {
+    let u = |k: &str| v.get(k).and_then(Value::as_u64);
+    Some(match call {
+        Call::Reserve { .. } => OkValue::Held {
+            hold_id: u("hold_id")?,
+            qty: u32::try_from(u("qty")?).ok()?,
+            expires_at_ms: u("expires_at_ms")?,
+        },
+        Call::Release { .. } => OkValue::Released {
+            hold_id: u("hold_id")?,
+        },
+        Call::Checkout { .. } => OkValue::CheckedOut {
+            order_id: u("order_id")?,
+            qty: u32::try_from(u("qty")?).ok()?,
+            status: parse_status(v.get("status")?.as_str()?)?,
+            pay_by_ms: u("pay_by_ms"),
+        },
+        Call::Pay { .. } => OkValue::Paid {
+            order_id: u("order_id")?,
+        },
+        Call::Cancel { .. } => OkValue::Cancelled {
+            order_id: u("order_id")?,
+        },
+        Call::FailPayment { .. } => OkValue::PaymentFailed {
+            order_id: u("order_id")?,
+        },
+        Call::JoinWaitlist { .. } => OkValue::WaitlistJoined {
+            position: u32::try_from(u("position")?).ok()?,
+        },
+        Call::ReadSale { .. } => {
+            let c = v.get("counters")?;
+            let g = |k: &str| {
+                c.get(k)
+                    .and_then(Value::as_u64)
+                    .and_then(|x| u32::try_from(x).ok())
+            };
+            OkValue::Sale {
+                counters: Counters {
+                    available: g("available")?,
+                    held: g("held")?,
+                    awaiting_payment: g("awaiting_payment")?,
+                    sold: g("sold")?,
+                },
+                waitlist_len: v
+                    .pointer("/stats/waitlist_len")
+                    .and_then(Value::as_u64)
+                    .and_then(|x| u32::try_from(x).ok())
+                    .unwrap_or(0),
+            }
+        }
+    })
+}
+
+pub fn parse_status(s: &str) -> Option<OrderStatus> {
+    Some(match s {
+        "awaiting_payment" => OrderStatus::AwaitingPayment,
+        "paid" => OrderStatus::Paid,
+        "confirmed" => OrderStatus::Confirmed,
+        "cancelled" => OrderStatus::Cancelled,
+        _ => return None,
+    })
+}
+
+/// The request a call makes: method POST (with body) or GET (body `None`), path.
+fn request_of(call: &Call) -> (String, Option<Value>) {
+    match call {
+        Call::Reserve {
+            sale_id,
+            user_id,
+            qty,
+            request_id,
+        }
+        | Call::JoinWaitlist {
+            sale_id,
+            user_id,
+            qty,
+            request_id,
+        } => {
+            let tail = if matches!(call, Call::Reserve { .. }) {
+                "holds"
+            } else {
+                "waitlist"
+            };
+            (
+                format!("/v1/sales/{sale_id}/{tail}"),
+                Some(json!({"user_id": user_id, "qty": qty, "request_id": request_id})),
+            )
+        }
+        Call::Release {
+            user_id,
+            hold_id,
+            request_id,
+            ..
+        } => (
+            format!("/v1/holds/{hold_id}/release"),
+            Some(json!({"user_id": user_id, "request_id": request_id})),
+        ),
+        Call::Checkout {
+            user_id,
+            hold_id,
+            request_id,
+            ..
+        } => (
+            format!("/v1/holds/{hold_id}/checkout"),
+            Some(json!({"user_id": user_id, "request_id": request_id})),
+        ),
+        Call::Pay {
+            user_id,
+            order_id,
+            amount_minor,
+            request_id,
+            ..
+        } => (
+            format!("/v1/orders/{order_id}/payment"),
+            Some(json!({
+                "user_id": user_id,
+                "amount_minor": amount_minor,
+                "currency": CURRENCY,
+                "payment_ref": format!("ref-{request_id}"),
+                "request_id": request_id,
+            })),
+        ),
+        Call::Cancel {
+            user_id,
+            order_id,
+            request_id,
+            ..
+        } => (
+            format!("/v1/orders/{order_id}/cancel"),
+            Some(json!({"user_id": user_id, "request_id": request_id})),
+        ),
+        Call::FailPayment {
+            user_id,
+            order_id,
+            request_id,
+            ..
+        } => (
+            format!("/v1/orders/{order_id}/payment-failure"),
+            Some(json!({"user_id": user_id, "reason": "declined", "request_id": request_id})),
+        ),
+        Call::ReadSale {
+            sale_id,
+            linearizable,
+        } => {
+            let q = if *linearizable {
+                "linearizable"
+            } else {
+                "stale"
+            };
+            (format!("/v1/sales/{sale_id}?consistency={q}"), None)
+        }
+    }
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        process: u64,
+        nodes: Vec<String>,
+        node_ix: usize,
+        rng: Rng,
+        sales: Vec<SaleMeta>,
+        client: Client,
+        rec: Arc<Recorder>,
+        deadline: Instant,
+    ) -> Worker {
+        Worker {
+            process,
+            nodes,
+            node_ix,
+            rng,
+            sales,
+            client,
+            rec,
+            deadline,
+            seq: 0,
+            holds: Vec::new(),
+            orders: Vec::new(),
+        }
+    }
+
+    fn node(&self) -> &str {
+        self.nodes
+            .get(self.node_ix % self.nodes.len().max(1))
+            .map(String::as_str)
+            .unwrap_or("127.0.0.1:1")
+    }
+
+    fn rotate(&mut self) {
+        self.node_ix = self.node_ix.wrapping_add(1);
+    }
+
+    fn request_id(&mut self) -> String {
+        self.seq += 1;
+        format!("p{}-{}", self.process, self.seq)
+    }
+
+    /// Sends one call once and records it.
+    async fn once(&mut self, call: &Call) -> Option<Outcome> {
+        let (id, invoke_ns) = self.rec.begin()?;
+        let (path, body) = request_of(call);
+        let node = self.node().to_string();
+        let answer = match &body {
+            Some(b) => self.client.post(&node, &path, b).await,
+            None => self.client.get(&node, &path).await,
+        };
+        let complete_ns = self.rec.now_ns();
+        let outcome = match answer {
+            Answer::Ok(v) => match parse_ok(call, &v) {
+                Some(value) => Outcome::Ok { value },
+                None => Outcome::Info {
+                    reason: format!("unexpected ok body: {v}"),
+                },
+            },
+            Answer::Fail { code, message } => {
+                if code == super::client::CONNECT_FAILED {
+                    self.rotate();
+                }
+                Outcome::Fail { code, message }
+            }
+            Answer::Info(reason) => {
+                self.rotate();
+                Outcome::Info { reason }
+            }
+        };
+        self.rec.finish(Op {
+            id,
+            process: self.process,
+            call: call.clone(),
+            invoke_ns,
+            complete_ns: Some(complete_ns),
+            outcome: outcome.clone(),
+        });
+        Some(outcome)
+    }
+
+    /// Sends a call, retrying an unknown outcome of a mutation with the same request id.
+    async fn run_call(&mut self, call: Call) -> Option<Outcome> {
+        let mut out = self.once(&call).await?;
+        let mut tries = 0;
+        while out.is_info() && call.client_key().is_some() && tries < INFO_RETRIES_MAX {
+            tries += 1;
+            tokio::time::sleep(RETRY_BACKOFF).await;
+            out = self.once(&call).await?;
+        }
+        Some(out)
+    }
+
+    fn remember_hold(&mut self, h: KnownHold) {
+        if self.holds.len() >= KNOWN_MAX {
+            self.holds.remove(0);
+        }
+        self.holds.push(h);
+    }
+
+    fn remember_order(&mut self, o: KnownOrder) {
+        if self.orders.len() >= KNOWN_MAX {
+            self.orders.remove(0);
+        }
+        self.orders.push(o);
+    }
+
+    /// The client loop: until the deadline or [`OPS_MAX`].
+    pub async fn run(mut self) {
+        while Instant::now() < self.deadline {
+            let think = self.rng.between(THINK_MS.0, THINK_MS.1);
+            tokio::time::sleep(Duration::from_millis(think)).await;
+            if self.step().await.is_none() {
+                break;
+            }
+        }
+    }
+
+    async fn step(&mut self) -> Option<()> {
+        let roll = self.rng.below(100);
+        let sale = self
+            .sales
+            .get(self.rng.below(self.sales.len() as u64) as usize)?
+            .clone();
+        if roll < 20 {
+            let call = Call::ReadSale {
+                sale_id: sale.sale_id,
+                linearizable: true,
+            };
+            self.run_call(call).await?;
+            return Some(());
+        }
+        if roll < 45 && !self.holds.is_empty() {
+            let i = self.rng.below(self.holds.len() as u64) as usize;
+            let h = self.holds.remove(i);
+            let release = self.rng.below(4) == 0;
+            let rid = self.request_id();
+            let call = if release {
+                Call::Release {
+                    sale_id: h.sale.clone(),
+                    user_id: h.user.clone(),
+                    hold_id: h.hold_id,
+                    request_id: rid,
+                }
+            } else {
+                Call::Checkout {
+                    sale_id: h.sale.clone(),
+                    user_id: h.user.clone(),
+                    hold_id: h.hold_id,
+                    request_id: rid,
+                }
+            };
+            if let Outcome::Ok {
+                value:
+                    OkValue::CheckedOut {
+                        order_id,
+                        qty,
+                        status: OrderStatus::AwaitingPayment,
+                        ..
+                    },
+            } = self.run_call(call).await?
+            {
+                self.remember_order(KnownOrder {
+                    sale: h.sale,
+                    user: h.user,
+                    order_id,
+                    amount: PRICE_MINOR * u64::from(qty),
+                });
+            }
+            return Some(());
+        }
+        if roll < 60 && !self.orders.is_empty() {
+            let i = self.rng.below(self.orders.len() as u64) as usize;
+            let o = self.orders.remove(i);
+            let rid = self.request_id();
+            let call = if self.rng.below(4) == 0 {
+                Call::Cancel {
+                    sale_id: o.sale,
+                    user_id: o.user,
+                    order_id: o.order_id,
+                    request_id: rid,
+                }
+            } else {
+                Call::Pay {
+                    sale_id: o.sale,
+                    user_id: o.user,
+                    order_id: o.order_id,
+                    amount_minor: o.amount,
+                    request_id: rid,
+                }
+            };
+            self.run_call(call).await?;
+            return Some(());
+        }
+        let user = format!("u{}", 1 + self.rng.below(USERS_PER_SALE));
+        let qty = 1 + self.rng.below(u64::from(sale.per_user_limit.max(1))) as u32;
+        let rid = self.request_id();
+        let call = Call::Reserve {
+            sale_id: sale.sale_id.clone(),
+            user_id: user.clone(),
+            qty,
+            request_id: rid,
+        };
+        if let Outcome::Ok {
+            value: OkValue::Held { hold_id, .. },
+        } = self.run_call(call).await?
+        {
+            self.remember_hold(KnownHold {
+                sale: sale.sale_id,
+                user,
+                hold_id,
+            });
+        }
+        Some(())
+    }
+}
