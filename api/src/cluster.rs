@@ -94,6 +94,14 @@ pub struct Backup {
     pub last_index: Option<u64>,
 }
 
+/// A replica's state fingerprint (`GET /admin/state-hash`), for convergence checks.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StateHash {
+    pub node_id: u64,
+    pub applied_index: u64,
+    pub state_hash: u64,
+}
+
 /// Whether the node should receive traffic (`/readyz`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Readiness {
@@ -150,6 +158,11 @@ pub trait Cluster: Send + Sync + 'static {
     fn trigger_snapshot(&self) -> impl Future<Output = Result<(), ClusterError>> + Send;
     /// The latest snapshot of this node, for download.
     fn backup(&self) -> impl Future<Output = Result<Backup, ClusterError>> + Send;
+
+    /// This replica's applied index and a hash of its whole state machine (replicas at
+    /// the same applied index have equal hashes). Reads the whole state: an audit tool,
+    /// not a hot path.
+    fn state_hash(&self) -> impl Future<Output = Result<StateHash, ClusterError>> + Send;
 
     /// Extra Prometheus text (Raft gauges) appended to the API's own metrics.
     fn metrics_text(&self) -> String {

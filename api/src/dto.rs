@@ -498,6 +498,14 @@ pub struct AddLearnerBody {
     pub api_addr: String,
 }
 
+/// `GET /admin/state-hash`: a replica's state fingerprint.
+#[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
+pub struct StateHashDto {
+    pub node_id: u64,
+    pub applied_index: u64,
+    pub state_hash: u64,
+}
+
 /// `POST /admin/init`: the first voters of a new cluster (empty or absent: this node alone).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -172,6 +172,7 @@ pub(crate) fn build<C: Cluster>(shared: Arc<Shared<C>>) -> (Router, Vec<RouteSpe
             waitlist_position::<C>,
         )
         .add(Get, "/admin/status", admin_status::<C>)
+        .add(Get, "/admin/state-hash", admin_state_hash::<C>)
         .add(Post, "/admin/init", init_cluster::<C>)
         .add(Post, "/admin/learners", add_learner::<C>)
         .add(Post, "/admin/membership", change_membership::<C>)
@@ -764,6 +765,23 @@ async fn admin_status<C: Cluster>(State(s): St<C>) -> ApiResult {
     status_reply(&s).await
 }
 
+/// This replica's applied index and state hash (replicas at the same applied index have
+/// equal hashes). Reads the whole state machine: for audits and fault-injection checks.
+#[utoipa::path(get, path = "/admin/state-hash", tag = "admin",
+    responses((status = 200, description = "State fingerprint", body = StateHashDto)))]
+async fn admin_state_hash<C: Cluster>(State(s): St<C>) -> ApiResult {
+    let h = s.cluster.state_hash().await?;
+    Ok(reply(
+        StatusCode::OK,
+        s.cluster.node_id(),
+        StateHashDto {
+            node_id: h.node_id,
+            applied_index: h.applied_index,
+            state_hash: h.state_hash,
+        },
+    ))
+}
+
 /// Initialize a new cluster on a node started with `--init never`: the given voters (or
 /// this node alone). Refused with 409 if the node already belongs to a cluster.
 #[utoipa::path(post, path = "/admin/init", tag = "admin", request_body = InitBody,
@@ -962,6 +980,7 @@ async fn openapi_json() -> Response {
         leave_waitlist,
         waitlist_position,
         admin_status,
+        admin_state_hash,
         init_cluster,
         add_learner,
         change_membership,

@@ -92,16 +92,32 @@ impl NodeCluster {
     /// bookkeeping `last_applied` and `membership`): equal on replicas that applied the
     /// same commands.
     pub fn state_hash(&self) -> Result<u64, stockade_raft_store::StoreError> {
+        self.clone_for_blocking().domain_hash()
+    }
+
+    /// What a blocking thread needs to hash the state.
+    fn clone_for_blocking(&self) -> HashSource {
+        HashSource(self.sm.clone())
+    }
+}
+
+/// The state machine, moved to a blocking thread to be hashed.
+struct HashSource(StateMachineStore);
+
+impl HashSource {
+    fn domain_hash(&self) -> Result<u64, stockade_raft_store::StoreError> {
         use stockade_raft_store::keys;
         let pairs: Vec<_> = self
-            .sm
+            .0
             .dump()?
             .into_iter()
             .filter(|(k, _)| k != keys::META_LAST_APPLIED && k != keys::META_MEMBERSHIP)
             .collect();
         Ok(stockade_raft_store::store::hash_pairs(&pairs))
     }
+}
 
+impl NodeCluster {
     fn leader(&self) -> Option<u64> {
         self.raft.metrics().borrow_watched().current_leader
     }
@@ -522,6 +538,25 @@ impl Cluster for NodeCluster {
             file: snap.snapshot,
             len_bytes,
             last_index: snap.meta.last_log_id.map(|l| l.index),
+        })
+    }
+
+    async fn state_hash(&self) -> Result<stockade_api::StateHash, ClusterError> {
+        let applied_index = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .map_or(0, |l| l.index);
+        let cluster = self.clone_for_blocking();
+        let state_hash = tokio::task::spawn_blocking(move || cluster.domain_hash())
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        Ok(stockade_api::StateHash {
+            node_id: self.id,
+            applied_index,
+            state_hash,
         })
     }
 

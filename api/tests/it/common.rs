@@ -137,6 +137,15 @@ impl Cluster for Fake {
         self.admin(format!("init [{}]", list.join(",")))
     }
 
+    async fn state_hash(&self) -> Result<stockade_api::StateHash, ClusterError> {
+        self.failure()?;
+        Ok(stockade_api::StateHash {
+            node_id: 7,
+            applied_index: 3,
+            state_hash: 42,
+        })
+    }
+
     async fn add_learner(&self, node_id: u64, addr: NodeAddr) -> Result<(), ClusterError> {
         self.admin(format!(
             "learner {node_id} {} {}",

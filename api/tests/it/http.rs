@@ -738,6 +738,12 @@ async fn admin_routes() {
     assert_eq!(r.body["role"], "leader");
     assert_eq!(r.body["members"][0]["api_addr"], "127.0.0.1:8000");
     assert_eq!(r.header("x-stockade-served-by"), Some("7"));
+    let r = h.get("/admin/state-hash").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.body,
+        json!({"node_id": 7, "applied_index": 3, "state_hash": 42})
+    );
 
     let r = h
         .post(

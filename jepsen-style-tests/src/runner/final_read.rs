@@ -7,10 +7,11 @@
 //! - holds and orders: hold and order ids share one counter from 1, so every id is read
 //!   (`GET /v1/holds/{id}`, else `GET /v1/orders/{id}`) until [`ID_MISS_RUN_MAX`]
 //!   consecutive ids are neither;
-//! - per node: `GET /v1/sales/{id}?consistency=stale` and `applied_index`.
+//! - per node: `GET /v1/sales/{id}?consistency=stale`, `applied_index`, and the state
+//!   hash (`GET /admin/state-hash`, kept only when taken at the quiet applied index).
 //!
 //! What the API does not expose is recorded in [`FinalState::gaps`] so the checkers say
-//! `Unknown` for it: per-node state hash, each hold's and order's request id (filled only
+//! `Unknown` for it: each hold's and order's request id (filled only
 //! where an ok answer tied the id to its request), and the time a hold expired or an
 //! order was paid / cancelled. It must not change the cluster.
 
@@ -219,14 +220,28 @@ pub async fn read_final(
         id += 1;
     }
 
+    let mut all_hashes = true;
     for (&nid, addr) in nodes {
         let st = c
             .status(addr)
             .await
             .ok_or_else(|| format!("node {nid} gives no status"))?;
+        // The hash is comparable only at one applied index; after quiet every node is at
+        // the same one, and a node that moved on (or gives none) leaves the hash unknown.
+        let state_hash = match c.get(addr, "/admin/state-hash").await {
+            Answer::Ok(v)
+                if v.get("applied_index").and_then(Value::as_u64) == Some(st.applied_index) =>
+            {
+                v.get("state_hash")
+                    .and_then(Value::as_u64)
+                    .map(|h| format!("{h:016x}"))
+            }
+            _ => None,
+        };
+        all_hashes &= state_hash.is_some();
         let mut ns = NodeState {
             node: format!("n{nid}"),
-            state_hash: None,
+            state_hash,
             applied_index: Some(st.applied_index),
             sales: BTreeMap::new(),
         };
@@ -243,12 +258,13 @@ pub async fn read_final(
         }
         fs.nodes.push(ns);
     }
-    fs.gaps = vec![
-        Gap::StateHash,
-        Gap::HoldRequestIds,
-        Gap::OrderRequestIds,
-        Gap::StateTimes,
-    ];
+    fs.gaps = if all_hashes {
+        vec![]
+    } else {
+        vec![Gap::StateHash]
+    };
+    fs.gaps
+        .extend([Gap::HoldRequestIds, Gap::OrderRequestIds, Gap::StateTimes]);
     Ok(fs)
 }
 
