@@ -80,7 +80,12 @@ fn kill_leader_once_real_run_is_valid_up_to_api_gaps() {
         }
     }
     // Replicas converge: equal state hashes at one applied index, counters conserved.
-    for name in ["no_oversell", "no_lost_ack", "linearizability", "conservation"] {
+    for name in [
+        "no_oversell",
+        "no_lost_ack",
+        "linearizability",
+        "conservation",
+    ] {
         assert_eq!(
             r.report.check(name).map(|c| c.verdict),
             Some(Verdict::Valid),
