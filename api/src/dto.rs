@@ -297,6 +297,10 @@ pub struct HoldDto {
     pub state: String,
     /// Set once checked out.
     pub order_id: Option<u64>,
+    /// When it was released or expired (state-machine clock).
+    pub state_at_ms: Option<u64>,
+    /// The request that produced it (the reserve, or the waitlist join it was handed to).
+    pub request_id: String,
 }
 
 impl From<HoldRecord> for HoldDto {
@@ -306,7 +310,12 @@ impl From<HoldRecord> for HoldDto {
                 HoldState::CheckedOut { order_id } => Some(order_id),
                 _ => None,
             },
+            state_at_ms: match h.state {
+                HoldState::Released { at_ms } | HoldState::Expired { at_ms } => Some(at_ms),
+                HoldState::Active | HoldState::CheckedOut { .. } => None,
+            },
             state: h.state.name().to_string(),
+            request_id: h.request_id,
             hold_id: h.id,
             sale_id: h.sale_id,
             user_id: h.user_id,
@@ -377,6 +386,10 @@ pub struct OrderDto {
     pub payment_ref: Option<String>,
     /// payment_failed | payment_timeout | by_user
     pub cancel_reason: Option<String>,
+    /// When it was paid or cancelled (state-machine clock).
+    pub status_at_ms: Option<u64>,
+    /// The checkout's request id.
+    pub request_id: String,
 }
 
 pub fn cancel_reason_name(r: &CancelReason) -> &'static str {
@@ -389,6 +402,10 @@ pub fn cancel_reason_name(r: &CancelReason) -> &'static str {
 
 impl From<OrderRecord> for OrderDto {
     fn from(o: OrderRecord) -> Self {
+        let status_at_ms = match &o.status {
+            OrderStatus::Paid { at_ms, .. } | OrderStatus::Cancelled { at_ms, .. } => Some(*at_ms),
+            OrderStatus::AwaitingPayment | OrderStatus::Confirmed => None,
+        };
         let (payment_ref, cancel_reason) = match &o.status {
             OrderStatus::Paid { payment_ref, .. } => (Some(payment_ref.clone()), None),
             OrderStatus::Cancelled { reason, .. } => {
@@ -409,6 +426,8 @@ impl From<OrderRecord> for OrderDto {
             created_at_ms: o.created_at_ms,
             payment_ref,
             cancel_reason,
+            status_at_ms,
+            request_id: o.request_id,
         }
     }
 }

@@ -11,14 +11,13 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use stockade_proto::v1 as pb;
 use stockade_raft_store::query::{self, SaleView};
-use stockade_raft_store::types::{self as t, HoldRecord, HoldState, OrderRecord, OrderStatus};
+use stockade_raft_store::types::{self as t, HoldRecord, OrderRecord};
 use stockade_raft_store::{validate, Command, NodeAddr, Reject, Response as Answer};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::cluster::{Cluster, ClusterStatus, ReadLevel};
 use crate::core::{self, Shared};
-use crate::dto::cancel_reason_name;
 use crate::error::{ApiError, SERVED_BY_HEADER};
 use crate::http::{check_addr, check_voters};
 use crate::ApiLimits;
@@ -179,44 +178,41 @@ fn sale_to_pb(v: SaleView) -> pb::Sale {
     }
 }
 
+/// Through the JSON shape, so both APIs derive states and times in one place.
 fn hold_to_pb(h: HoldRecord) -> pb::Hold {
+    let d = crate::dto::HoldDto::from(h);
     pb::Hold {
-        order_id: match h.state {
-            HoldState::CheckedOut { order_id } => Some(order_id),
-            _ => None,
-        },
-        state: h.state.name().to_string(),
-        hold_id: h.id,
-        sale_id: h.sale_id,
-        user_id: h.user_id,
-        qty: h.qty,
-        created_at_ms: h.created_at_ms,
-        expires_at_ms: h.expires_at_ms,
-        from_waitlist: h.from_waitlist,
+        hold_id: d.hold_id,
+        sale_id: d.sale_id,
+        user_id: d.user_id,
+        qty: d.qty,
+        created_at_ms: d.created_at_ms,
+        expires_at_ms: d.expires_at_ms,
+        from_waitlist: d.from_waitlist,
+        state: d.state,
+        order_id: d.order_id,
+        state_at_ms: d.state_at_ms,
+        request_id: d.request_id,
     }
 }
 
 fn order_to_pb(o: OrderRecord) -> pb::Order {
-    let (payment_ref, cancel_reason) = match &o.status {
-        OrderStatus::Paid { payment_ref, .. } => (Some(payment_ref.clone()), None),
-        OrderStatus::Cancelled { reason, .. } => {
-            (None, Some(cancel_reason_name(reason).to_string()))
-        }
-        OrderStatus::AwaitingPayment | OrderStatus::Confirmed => (None, None),
-    };
+    let d = crate::dto::OrderDto::from(o);
     pb::Order {
-        status: o.status.name().to_string(),
-        order_id: o.id,
-        sale_id: o.sale_id,
-        user_id: o.user_id,
-        hold_id: o.hold_id,
-        qty: o.qty,
-        amount_minor: o.amount_minor,
-        currency: o.currency,
-        pay_by_ms: o.pay_by_ms,
-        created_at_ms: o.created_at_ms,
-        payment_ref,
-        cancel_reason,
+        order_id: d.order_id,
+        sale_id: d.sale_id,
+        user_id: d.user_id,
+        hold_id: d.hold_id,
+        qty: d.qty,
+        amount_minor: d.amount_minor,
+        currency: d.currency,
+        status: d.status,
+        pay_by_ms: d.pay_by_ms,
+        created_at_ms: d.created_at_ms,
+        payment_ref: d.payment_ref,
+        cancel_reason: d.cancel_reason,
+        status_at_ms: d.status_at_ms,
+        request_id: d.request_id,
     }
 }
 
@@ -456,7 +452,7 @@ impl<C: Cluster> pb::stockade_server::Stockade for StockadeService<C> {
 
     async fn checkout(&self, req: Request<pb::CheckoutRequest>) -> GrpcResult<pb::Order> {
         let r = req.into_inner();
-        let (user_id, hold_id) = (r.user_id.clone(), r.hold_id);
+        let (user_id, hold_id, request_id) = (r.user_id.clone(), r.hold_id, r.request_id.clone());
         let cmd = Command::Checkout {
             user_id: r.user_id,
             hold_id,
@@ -485,6 +481,8 @@ impl<C: Cluster> pb::stockade_server::Stockade for StockadeService<C> {
                         created_at_ms: 0,
                         payment_ref: None,
                         cancel_reason: None,
+                        status_at_ms: None,
+                        request_id,
                     },
                 };
                 ok(order, by)

@@ -159,14 +159,16 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
                 sale_id,
                 user_id,
                 qty,
-                ..
-            } => self.reserve(sale_id, user_id, *qty),
+                request_id,
+            } => self.reserve(sale_id, user_id, *qty, request_id),
             Command::Release {
                 user_id, hold_id, ..
             } => self.release(user_id, *hold_id),
             Command::Checkout {
-                user_id, hold_id, ..
-            } => self.checkout(user_id, *hold_id),
+                user_id,
+                hold_id,
+                request_id,
+            } => self.checkout(user_id, *hold_id, request_id),
             Command::ConfirmPayment {
                 user_id,
                 order_id,
@@ -185,8 +187,8 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
                 sale_id,
                 user_id,
                 qty,
-                ..
-            } => self.join_waitlist(sale_id, user_id, *qty),
+                request_id,
+            } => self.join_waitlist(sale_id, user_id, *qty, request_id),
             Command::LeaveWaitlist {
                 sale_id, user_id, ..
             } => self.leave_waitlist(sale_id, user_id),
@@ -287,7 +289,13 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
 
     // ---- holds -------------------------------------------------------------------------
 
-    fn reserve(&mut self, sale_id: &str, user_id: &str, qty: u32) -> Result<Response, StoreError> {
+    fn reserve(
+        &mut self,
+        sale_id: &str,
+        user_id: &str,
+        qty: u32,
+        request_id: &str,
+    ) -> Result<Response, StoreError> {
         let Some(mut sale) = self.load_sale(sale_id)? else {
             reject!(Reject::SaleNotFound)
         };
@@ -321,7 +329,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
                 max: HOLDS_PER_USER_MAX
             });
         }
-        let grant = self.grant_hold(&mut sale, &mut user, user_id, qty, false)?;
+        let grant = self.grant_hold(&mut sale, &mut user, user_id, qty, false, request_id)?;
         self.save_user(&sale, user_id, &user)?;
         self.save_sale(&sale)?;
         Ok(Response::Held(grant))
@@ -334,6 +342,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
         user_id: &str,
         qty: u32,
         from_waitlist: bool,
+        request_id: &str,
     ) -> Result<HoldGrant, StoreError> {
         let id = self.next_id();
         let expires_at_ms = self.clock_ms.saturating_add(sale.spec.hold_ttl_ms);
@@ -361,6 +370,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
             expires_at_ms,
             from_waitlist,
             state: HoldState::Active,
+            request_id: request_id.to_string(),
         };
         self.txn.put("hold", keys::hold(id), &hold)?;
         self.txn.put_raw(keys::user_hold(user_id, id), Vec::new());
@@ -454,7 +464,12 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
         self.txn.put("hold", keys::hold(hold.id), &hold)
     }
 
-    fn checkout(&mut self, user_id: &str, hold_id: u64) -> Result<Response, StoreError> {
+    fn checkout(
+        &mut self,
+        user_id: &str,
+        hold_id: u64,
+        request_id: &str,
+    ) -> Result<Response, StoreError> {
         let mut hold = match self.owned_active_hold(user_id, hold_id)? {
             Ok(h) => h,
             Err(r) => reject!(r),
@@ -510,6 +525,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
             created_at_ms: self.clock_ms,
             pay_by_ms,
             status,
+            request_id: request_id.to_string(),
         };
         self.txn.put("order", keys::order(order_id), &order)?;
         self.txn
@@ -729,6 +745,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
         sale_id: &str,
         user_id: &str,
         qty: u32,
+        request_id: &str,
     ) -> Result<Response, StoreError> {
         let Some(mut sale) = self.load_sale(sale_id)? else {
             reject!(Reject::SaleNotFound)
@@ -775,6 +792,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
             user_id: user_id.to_string(),
             qty,
             joined_at_ms: self.clock_ms,
+            request_id: request_id.to_string(),
         };
         self.txn
             .put("waitlist entry", keys::wait(sale_id, seq), &entry)?;
@@ -855,7 +873,14 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
                 continue;
             }
             let qty = want.min(sale.counters.available);
-            let grant = self.grant_hold(sale, &mut user, &entry.user_id, qty, true)?;
+            let grant = self.grant_hold(
+                sale,
+                &mut user,
+                &entry.user_id,
+                qty,
+                true,
+                &entry.request_id,
+            )?;
             self.save_user(sale, &entry.user_id, &user)?;
             let promoted = WaitState::Promoted {
                 hold_id: grant.hold_id,

@@ -578,6 +578,9 @@ pub struct HoldRecord {
     pub expires_at_ms: u64,
     pub from_waitlist: bool,
     pub state: HoldState,
+    /// The client request that produced it: the reserve's `request_id`, or for a waitlist
+    /// hand-off the `request_id` of the join.
+    pub request_id: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -626,6 +629,8 @@ pub struct OrderRecord {
     pub created_at_ms: u64,
     pub pay_by_ms: Option<u64>,
     pub status: OrderStatus,
+    /// The checkout's `request_id`.
+    pub request_id: String,
 }
 
 impl OrderRecord {
@@ -676,6 +681,8 @@ pub struct WaitEntry {
     pub user_id: String,
     pub qty: u32,
     pub joined_at_ms: u64,
+    /// The join's `request_id` (the hold a hand-off grants carries it).
+    pub request_id: String,
 }
 
 /// Where one user stands on one sale's waitlist (`wait_user/<sale>/<user>`).

@@ -1944,6 +1944,7 @@ fn release_promotes_the_waitlist_head_with_what_there_is() {
             expires_at_ms: 8_000,
             from_waitlist: true,
             state: HoldState::Active,
+            request_id: "w1".into(),
         }
     );
     assert_eq!(

@@ -10,10 +10,9 @@
 //! - per node: `GET /v1/sales/{id}?consistency=stale`, `applied_index`, and the state
 //!   hash (`GET /admin/state-hash`, kept only when taken at the quiet applied index).
 //!
-//! What the API does not expose is recorded in [`FinalState::gaps`] so the checkers say
-//! `Unknown` for it: each hold's and order's request id (filled only
-//! where an ok answer tied the id to its request), and the time a hold expired or an
-//! order was paid / cancelled. It must not change the cluster.
+//! Holds and orders carry their request id and end time (`state_at_ms`,
+//! `status_at_ms`). Whatever a node does not report is recorded in [`FinalState::gaps`] so
+//! the checkers say `Unknown` for it. It must not change the cluster.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -263,8 +262,18 @@ pub async fn read_final(
     } else {
         vec![Gap::StateHash]
     };
-    fs.gaps
-        .extend([Gap::HoldRequestIds, Gap::OrderRequestIds, Gap::StateTimes]);
+    // Records name their request and carry their end times; a record read without them
+    // (an older node) leaves that part of the checks unknown.
+    if fs
+        .holds
+        .iter()
+        .any(|h| !h.from_waitlist && h.request_id.is_none())
+    {
+        fs.gaps.push(Gap::HoldRequestIds);
+    }
+    if fs.orders.iter().any(|o| o.request_id.is_none()) {
+        fs.gaps.push(Gap::OrderRequestIds);
+    }
     Ok(fs)
 }
 
@@ -283,19 +292,29 @@ fn s<'a>(v: &'a Value, k: &str) -> Result<&'a str, String> {
 fn final_hold(v: &Value, rids: &BTreeMap<u64, String>) -> Result<FinalHold, String> {
     let hold_id = u(v, "hold_id")?;
     let state = hold_state(s(v, "state")?).ok_or_else(|| format!("unknown hold state in {v}"))?;
+    let from_waitlist = v
+        .get("from_waitlist")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     Ok(FinalHold {
         hold_id,
         sale_id: s(v, "sale_id")?.to_string(),
         user_id: s(v, "user_id")?.to_string(),
         qty: u32::try_from(u(v, "qty")?).map_err(|e| e.to_string())?,
         expires_at_ms: u(v, "expires_at_ms")?,
-        request_id: rids.get(&hold_id).cloned(),
-        from_waitlist: v
-            .get("from_waitlist")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        // The record names its request; a waitlist hold's is the join's, which the
+        // checkers do not count as a reserve's effect.
+        request_id: if from_waitlist {
+            None
+        } else {
+            v.get("request_id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .or_else(|| rids.get(&hold_id).cloned())
+        },
+        from_waitlist,
         state,
-        state_at_ms: None,
+        state_at_ms: v.get("state_at_ms").and_then(Value::as_u64),
         order_id: v.get("order_id").and_then(Value::as_u64),
     })
 }
@@ -308,13 +327,17 @@ fn final_order(v: &Value, rids: &BTreeMap<u64, String>) -> Result<FinalOrder, St
         user_id: s(v, "user_id")?.to_string(),
         hold_id: u(v, "hold_id")?,
         qty: u32::try_from(u(v, "qty")?).map_err(|e| e.to_string())?,
-        request_id: rids.get(&order_id).cloned(),
+        request_id: v
+            .get("request_id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| rids.get(&order_id).cloned()),
         status: parse_status(s(v, "status")?).ok_or_else(|| format!("unknown status in {v}"))?,
         pay_by_ms: v.get("pay_by_ms").and_then(Value::as_u64),
         cancel_reason: v
             .get("cancel_reason")
             .and_then(Value::as_str)
             .map(str::to_string),
-        status_at_ms: None,
+        status_at_ms: v.get("status_at_ms").and_then(Value::as_u64),
     })
 }

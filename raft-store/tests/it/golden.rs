@@ -226,6 +226,7 @@ fn persisted_types_keep_their_bytes() {
             expires_at_ms: 6_000,
             from_waitlist: true,
             state: HoldState::Active,
+            request_id: "w-1".into(),
         },
         HoldRecord {
             id: 9,
@@ -236,6 +237,7 @@ fn persisted_types_keep_their_bytes() {
             expires_at_ms: 2,
             from_waitlist: false,
             state: HoldState::CheckedOut { order_id: 10 },
+            request_id: "r-9".into(),
         },
     ];
     check("HoldRecord", &holds, GOLDEN_HOLDS, f);
@@ -278,6 +280,7 @@ fn persisted_types_keep_their_bytes() {
         created_at_ms: 1_000,
         pay_by_ms: None,
         status: OrderStatus::Confirmed,
+        request_id: "r-3".into(),
     };
     check("OrderRecord", &order, GOLDEN_ORDER, f);
     let user = UserSaleRecord {
@@ -300,6 +303,7 @@ fn persisted_types_keep_their_bytes() {
             user_id: "u1".into(),
             qty: 2,
             joined_at_ms: 3,
+            request_id: "w-2".into(),
         },
         GOLDEN_WAIT_ENTRY,
         f,
@@ -458,15 +462,15 @@ const GOLDEN_SALE: &str = concat!(
     "fb8813fb1027010102040302010102030405060708090a0b010c000d0e"
 );
 const GOLDEN_HOLDS: &str = concat!(
-    "02070b737072696e672d64726f7002753102fbe803fb70170100090b737072696e672d64726f7002",
-    "753201010200030a"
+    "02070b737072696e672d64726f7002753102fbe803fb7017010003772d31090b737072696e672d64",
+    "726f7002753201010200030a03722d39"
 );
 const GOLDEN_HOLD_STATES: &str = "0400010102020303";
 const GOLDEN_ORDER_STATUSES: &str = "060001037073700102030002030103030204";
-const GOLDEN_ORDER: &str = "080b737072696e672d64726f700275310701fbecc203455552fbe8030002";
+const GOLDEN_ORDER: &str = "080b737072696e672d64726f700275310701fbecc203455552fbe803000203722d33";
 const GOLDEN_USER: &str = "0102030101";
 const GOLDEN_IDEM: &str = "fdefcdab8967452301050708";
-const GOLDEN_WAIT_ENTRY: &str = "0275310203";
+const GOLDEN_WAIT_ENTRY: &str = "027531020303772d32";
 const GOLDEN_WAIT_STATES: &str = "0200010102";
 const GOLDEN_RAFT_ENTRY: &str = "03012a01090b";
 const GOLDEN_RAFT_MEMBERSHIP_ENTRY: &str =
