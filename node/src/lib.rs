@@ -185,7 +185,18 @@ pub async fn start(cfg: Config) -> Result<NodeHandle, StartError> {
     );
     let mut stop = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+        // With our own listener tonic's `tcp_nodelay` does not reach the accepted sockets:
+        // set it here, or Nagle + delayed ACK add ~40 ms to small replies (Raft acks).
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            |conn| {
+                conn.inspect(|s| {
+                    if let Err(e) = s.set_nodelay(true) {
+                        tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                })
+            },
+        );
         let served = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_routes(grpc_routes)
@@ -201,11 +212,19 @@ pub async fn start(cfg: Config) -> Result<NodeHandle, StartError> {
     let router = api.http_router();
     let mut stop = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
-        let served = axum::serve(http_listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop.changed().await;
-            })
-            .await;
+        let served = axum::serve(
+            // Small JSON replies must not wait for Nagle + delayed ACK either.
+            axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+                }
+            }),
+            router,
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.changed().await;
+        })
+        .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "HTTP server stopped");
         }
