@@ -4,7 +4,8 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use stockade_raft_store::{validate, Command, Response};
+use stockade_raft_store::kv::KvRead;
+use stockade_raft_store::{keys, query, validate, Command, Reject, Response};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::cluster::{Cluster, ReadLevel, Served};
@@ -25,6 +26,13 @@ pub(crate) async fn propose<C: Cluster>(
             served_by: None,
         });
     }
+    if let Some(rejected) = fast_reject(cluster, &cmd).await {
+        metrics.rejected(rejected.0.code());
+        return Err(ApiError::Rejected {
+            reject: rejected.0,
+            served_by: Some(rejected.1),
+        });
+    }
     let served = cluster.propose(cmd).await?;
     match served.value {
         Response::Rejected(reject) => {
@@ -40,6 +48,41 @@ pub(crate) async fn propose<C: Cluster>(
         }
         _ => Ok(served),
     }
+}
+
+/// After a sale sells out, almost every reservation is refused; deciding those without a
+/// log entry keeps a sold-out crowd from costing one Raft write and fsync each.
+///
+/// A reserve is refused here only when a *linearizable* view (the leader's read index, no
+/// write) shows that no one could get `qty` units now (`sale_not_found`, `sale_ended`,
+/// `sold_out`, `insufficient_stock`; see `query::reserve_precheck`), so the refusal is a
+/// correct answer linearized at that read. A retry of a request that already has an answer
+/// is never decided here: its recorded first answer must come back. The local (stale)
+/// view is looked at first, so while units remain a reservation costs no extra round.
+/// Refusals decided here are not recorded for idempotency: they did not happen, and a
+/// retry is looked at afresh.
+async fn fast_reject<C: Cluster>(cluster: &C, cmd: &Command) -> Option<(Reject, u64)> {
+    let Command::Reserve {
+        sale_id,
+        user_id,
+        qty,
+        request_id,
+    } = cmd
+    else {
+        return None;
+    };
+    let refusal = |view: &C::View| -> Option<Reject> {
+        let answered = view.get(&keys::idem(user_id, request_id)).ok()?.is_some();
+        if answered {
+            return None;
+        }
+        let clock = query::clock_ms(view).ok()?;
+        query::reserve_precheck(view, sale_id, *qty, clock).ok()?
+    };
+    let stale = cluster.read(ReadLevel::Stale).await.ok()?;
+    refusal(&stale.value)?;
+    let fresh = cluster.read(ReadLevel::Linearizable).await.ok()?;
+    refusal(&fresh.value).map(|r| (r, fresh.served_by))
 }
 
 /// A view of the state at `level`.

@@ -905,3 +905,34 @@ async fn metrics_count_routes_reservations_and_rejections() {
     }
     assert!(m.ends_with("# EOF\n"), "{m}");
 }
+
+#[tokio::test]
+async fn a_sold_out_sale_refuses_reservations_without_a_log_entry() {
+    let h = Http::new();
+    h.open_sale(1).await;
+    let first = h.reserve("alice", 1, "a1").await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    let proposals = h.fake.proposals.lock().unwrap().len();
+    for i in 0..5 {
+        let r = h.reserve(&format!("u{i}"), 1, &format!("x{i}")).await;
+        assert_eq!(r.status, StatusCode::CONFLICT);
+        assert_eq!(r.code(), "sold_out");
+        assert_eq!(r.header("x-stockade-served-by"), Some("7"));
+    }
+    assert_eq!(
+        h.fake.proposals.lock().unwrap().len(),
+        proposals,
+        "refused from a linearizable read, without a proposal"
+    );
+    assert!(h
+        .fake
+        .reads
+        .lock()
+        .unwrap()
+        .contains(&stockade_api::ReadLevel::Linearizable));
+    // A retry of the request that got the unit gets its first answer, not a refusal.
+    let again = h.reserve("alice", 1, "a1").await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.text);
+    assert_eq!(again.body["hold_id"], first.body["hold_id"]);
+    assert_eq!(h.fake.proposals.lock().unwrap().len(), proposals + 1);
+}
