@@ -432,6 +432,13 @@ impl From<OrderRecord> for OrderDto {
     }
 }
 
+#[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
+pub struct HoldListDto {
+    pub holds: Vec<HoldDto>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<u64>,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, ToSchema)]
 pub struct OrderListDto {
     pub orders: Vec<OrderDto>,

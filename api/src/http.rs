@@ -157,6 +157,7 @@ pub(crate) fn build<C: Cluster>(shared: Arc<Shared<C>>) -> (Router, Vec<RouteSpe
         .add(Post, "/v1/holds/{id}/checkout", checkout::<C>)
         .add(Get, "/v1/orders/{id}", get_order::<C>)
         .add(Get, "/v1/users/{user_id}/orders", user_orders::<C>)
+        .add(Get, "/v1/users/{user_id}/holds", user_holds::<C>)
         .add(Post, "/v1/orders/{id}/payment", confirm_payment::<C>)
         .add(Post, "/v1/orders/{id}/payment-failure", fail_payment::<C>)
         .add(Post, "/v1/orders/{id}/cancel", cancel_order::<C>)
@@ -559,6 +560,34 @@ async fn user_orders<C: Cluster>(
         StatusCode::OK,
         view.served_by,
         OrderListDto { orders, next_after },
+    ))
+}
+
+/// A user's holds in id order, in every state (a waitlist promotion shows up here too).
+#[utoipa::path(get, path = "/v1/users/{user_id}/holds", tag = "holds",
+    params(("user_id" = String, Path, description = "User id"), ListOrdersQuery),
+    responses(
+        (status = 200, description = "A page of holds", body = HoldListDto),
+        (status = 400, description = "Invalid query", body = ErrorBody)))]
+async fn user_holds<C: Cluster>(
+    State(s): St<C>,
+    ApiPath(user_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ListOrdersQuery>,
+) -> ApiResult {
+    check_user_id(&user_id)?;
+    let limit = page_limit(q.limit, &s.limits)?;
+    let view = core::read(&*s.cluster, level(q.consistency)).await?;
+    let holds = query::user_holds(&view.value, &user_id, q.after, limit)?;
+    let next_after = if holds.len() == limit {
+        holds.last().map(|h| h.id)
+    } else {
+        None
+    };
+    let holds = holds.into_iter().map(HoldDto::from).collect();
+    Ok(reply(
+        StatusCode::OK,
+        view.served_by,
+        HoldListDto { holds, next_after },
     ))
 }
 
@@ -973,6 +1002,7 @@ async fn openapi_json() -> Response {
         checkout,
         get_order,
         user_orders,
+        user_holds,
         confirm_payment,
         fail_payment,
         cancel_order,

@@ -166,6 +166,13 @@ pub enum Command {
         #[arg(long)]
         limit: Option<u32>,
     },
+    /// A user's holds (every state; a waitlist promotion shows up here).
+    Holds {
+        user_id: String,
+        /// Page size.
+        #[arg(long)]
+        limit: Option<u32>,
+    },
     /// Waitlists of sold-out sales.
     #[command(subcommand)]
     Waitlist(WaitlistCommand),

@@ -344,6 +344,18 @@ async fn dispatch(c: &Client, cfg: &Config, cmd: Command) -> Res {
             }
             Ok(())
         }
+        Command::Holds { user_id, limit } => {
+            let mut path = format!("/v1/users/{}/holds", seg(&user_id));
+            if let Some(l) = limit {
+                path.push_str(&format!("?limit={l}"));
+            }
+            let l: HoldListDto = c.get(&path).await?.value;
+            match out {
+                Output::Json => print_json(&l),
+                Output::Table => print!("{}", holds_table(&l.holds)),
+            }
+            Ok(())
+        }
         Command::Waitlist(w) => waitlist(c, out, w).await,
         Command::Completions { .. } | Command::Restore(_) | Command::Bench(_) => Ok(()),
     }
@@ -763,6 +775,27 @@ fn orders_table(orders: &[OrderDto]) -> String {
         })
         .collect();
     table(&["ORDER", "SALE", "HOLD", "QTY", "AMOUNT", "STATUS"], &rows)
+}
+
+fn holds_table(holds: &[HoldDto]) -> String {
+    let rows: Vec<Vec<String>> = holds
+        .iter()
+        .map(|h| {
+            vec![
+                h.hold_id.to_string(),
+                h.sale_id.clone(),
+                h.qty.to_string(),
+                h.state.clone(),
+                h.expires_at_ms.to_string(),
+                h.order_id
+                    .map_or_else(|| "-".to_string(), |o| o.to_string()),
+            ]
+        })
+        .collect();
+    table(
+        &["HOLD", "SALE", "QTY", "STATE", "EXPIRES_AT_MS", "ORDER"],
+        &rows,
+    )
 }
 
 async fn sale(c: &Client, out: Output, cmd: SaleCommand) -> Res {

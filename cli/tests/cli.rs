@@ -173,3 +173,28 @@ fn restore_refuses_a_file_that_is_not_a_backup() {
     assert!(err.contains("not a Stockade snapshot"), "{err}");
     assert!(!target.join("db").exists(), "nothing written");
 }
+
+#[test]
+fn holds_lists_a_users_holds_as_a_table() {
+    let (addr, _) = fake(
+        "200 OK",
+        r#"{"holds":[{"hold_id":3,"sale_id":"drop","user_id":"ann","qty":1,"created_at_ms":1,
+            "expires_at_ms":9000,"from_waitlist":true,"state":"active","order_id":null,
+            "state_at_ms":null,"request_id":"w-1"}],"next_after":null}"#,
+    );
+    let out = stockctl(&addr, &["holds", "ann"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("HOLD") && text.contains("EXPIRES_AT_MS"),
+        "{text}"
+    );
+    let row = text
+        .lines()
+        .find(|l| l.starts_with('3'))
+        .unwrap_or_default();
+    assert!(
+        row.contains("drop") && row.contains("active") && row.contains("9000"),
+        "{text}"
+    );
+}

@@ -239,6 +239,19 @@ async fn hold_checkout_pay_flow() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.code(), "invalid");
 
+    let r = h.get("/v1/users/alice/holds").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["holds"].as_array().unwrap().len(), 1);
+    assert_eq!(r.body["holds"][0]["hold_id"], 1);
+    assert_eq!(r.body["holds"][0]["state"], "checked_out");
+    assert_eq!(r.body["holds"][0]["order_id"], 2);
+    assert_eq!(r.body["holds"][0]["request_id"], "r1");
+    assert_eq!(r.body["next_after"], json!(null));
+    let r = h.get("/v1/users/alice/holds?after=1").await;
+    assert_eq!(r.body["holds"], json!([]));
+    let r = h.get("/v1/users/nobody/holds?limit=0").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
     let r = h
         .post(
             "/v1/orders/2/cancel",
