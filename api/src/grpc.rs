@@ -647,6 +647,36 @@ impl<C: Cluster> pb::admin_server::Admin for AdminService<C> {
         self.status_answer().await
     }
 
+    async fn init(&self, req: Request<pb::InitRequest>) -> GrpcResult<pb::ClusterStatus> {
+        let members = crate::http::init_members(
+            req.into_inner()
+                .members
+                .into_iter()
+                .map(|m| (m.node_id, m.raft_addr, m.api_addr)),
+        )?;
+        self.s
+            .cluster
+            .initialize(members)
+            .await
+            .map_err(ApiError::from)?;
+        self.status_answer().await
+    }
+
+    async fn state_hash(
+        &self,
+        _req: Request<pb::StateHashRequest>,
+    ) -> GrpcResult<pb::StateHashResponse> {
+        let h = self.s.cluster.state_hash().await.map_err(ApiError::from)?;
+        ok(
+            pb::StateHashResponse {
+                node_id: h.node_id,
+                applied_index: h.applied_index,
+                state_hash: h.state_hash,
+            },
+            self.s.cluster.node_id(),
+        )
+    }
+
     async fn add_learner(
         &self,
         req: Request<pb::AddLearnerRequest>,

@@ -818,29 +818,41 @@ async fn admin_state_hash<C: Cluster>(State(s): St<C>) -> ApiResult {
         (status = 200, description = "Initialized; the new status", body = ClusterStatusDto),
         (status = 409, description = "Already initialized", body = ErrorBody)))]
 async fn init_cluster<C: Cluster>(State(s): St<C>, ApiJson(b): ApiJson<InitBody>) -> ApiResult {
-    if b.members.len() > MEMBERSHIP_VOTERS_MAX {
+    let members = init_members(
+        b.members
+            .into_iter()
+            .map(|m| (m.node_id, m.raft_addr, m.api_addr)),
+    )?;
+    s.cluster.initialize(members).await?;
+    status_reply(&s).await
+}
+
+/// Checks the first voters of a new cluster (shared by HTTP and gRPC `init`).
+pub(crate) fn init_members(
+    items: impl ExactSizeIterator<Item = (u64, String, String)>,
+) -> Result<std::collections::BTreeMap<u64, NodeAddr>, ApiError> {
+    if items.len() > MEMBERSHIP_VOTERS_MAX {
         return Err(ApiError::invalid(
             "members",
             format!("at most {MEMBERSHIP_VOTERS_MAX}"),
         ));
     }
     let mut members = std::collections::BTreeMap::new();
-    for m in b.members {
-        check_addr("raft_addr", &m.raft_addr)?;
-        check_addr("api_addr", &m.api_addr)?;
+    for (node_id, raft_addr, api_addr) in items {
+        check_addr("raft_addr", &raft_addr)?;
+        check_addr("api_addr", &api_addr)?;
         let addr = NodeAddr {
-            raft_addr: m.raft_addr,
-            api_addr: m.api_addr,
+            raft_addr,
+            api_addr,
         };
-        if members.insert(m.node_id, addr).is_some() {
+        if members.insert(node_id, addr).is_some() {
             return Err(ApiError::invalid(
                 "members",
-                format!("node {} is listed twice", m.node_id),
+                format!("node {node_id} is listed twice"),
             ));
         }
     }
-    s.cluster.initialize(members).await?;
-    status_reply(&s).await
+    Ok(members)
 }
 
 /// Add a node as a learner (it catches up before it may become a voter).

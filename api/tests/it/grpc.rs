@@ -352,6 +352,43 @@ async fn admin_status_and_backup_in_chunks() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 
+    a.init(pb::InitRequest {
+        members: vec![pb::AddLearnerRequest {
+            node_id: 7,
+            raft_addr: "a:1".into(),
+            api_addr: "a:2".into(),
+        }],
+    })
+    .await
+    .unwrap();
+    let twice = pb::AddLearnerRequest {
+        node_id: 7,
+        raft_addr: "a:1".into(),
+        api_addr: "a:2".into(),
+    };
+    let e = a
+        .init(pb::InitRequest {
+            members: vec![twice.clone(), twice],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(
+        s.fake
+            .admin_calls
+            .lock()
+            .unwrap()
+            .last()
+            .map(String::as_str),
+        Some("init [7=a:1/a:2]")
+    );
+    let h = a
+        .state_hash(pb::StateHashRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((h.node_id, h.applied_index, h.state_hash), (7, 3, 42));
+
     let e = a.backup(pb::BackupRequest {}).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     assert_eq!(code_of(&e), "not_found");
