@@ -343,11 +343,7 @@ async fn list_sales<C: Cluster>(
     let limit = page_limit(q.limit, &s.limits)?;
     let view = core::read(&*s.cluster, level(q.consistency)).await?;
     let sales = query::sales(&view.value, q.after.as_deref(), limit)?;
-    let next_after = if sales.len() == limit {
-        sales.last().map(|v| v.spec.id.clone())
-    } else {
-        None
-    };
+    let next_after = next_after(&sales, limit, |v| v.spec.id.clone());
     let sales = sales.into_iter().map(SaleDto::from).collect();
     Ok(reply(
         StatusCode::OK,
@@ -550,17 +546,22 @@ async fn user_orders<C: Cluster>(
     let limit = page_limit(q.limit, &s.limits)?;
     let view = core::read(&*s.cluster, level(q.consistency)).await?;
     let orders = query::user_orders(&view.value, &user_id, q.after, limit)?;
-    let next_after = if orders.len() == limit {
-        orders.last().map(|o| o.id)
-    } else {
-        None
-    };
+    let next_after = next_after(&orders, limit, |o| o.id);
     let orders = orders.into_iter().map(OrderDto::from).collect();
     Ok(reply(
         StatusCode::OK,
         view.served_by,
         OrderListDto { orders, next_after },
     ))
+}
+
+/// The key to continue a listing after a full page; `None` after the last page.
+fn next_after<T, K>(page: &[T], limit: usize, key: impl Fn(&T) -> K) -> Option<K> {
+    if page.len() == limit {
+        page.last().map(key)
+    } else {
+        None
+    }
 }
 
 /// A user's holds in id order, in every state (a waitlist promotion shows up here too).
@@ -578,11 +579,7 @@ async fn user_holds<C: Cluster>(
     let limit = page_limit(q.limit, &s.limits)?;
     let view = core::read(&*s.cluster, level(q.consistency)).await?;
     let holds = query::user_holds(&view.value, &user_id, q.after, limit)?;
-    let next_after = if holds.len() == limit {
-        holds.last().map(|h| h.id)
-    } else {
-        None
-    };
+    let next_after = next_after(&holds, limit, |h| h.id);
     let holds = holds.into_iter().map(HoldDto::from).collect();
     Ok(reply(
         StatusCode::OK,
