@@ -766,10 +766,11 @@ proptest! {
     }
 }
 
-/// The model itself must be able to disagree: a machine that ignored the per-user
-/// limit would fail here. This checks the harness by feeding it a known divergence.
+/// The model refuses on its own (it is not an echo of the machine): it says
+/// `limit_exceeded` for a second unit past a limit of one, and the machine agrees. The
+/// random test's power to fail was checked by mutating the machine (see the history).
 #[test]
-fn model_detects_a_divergent_answer() {
+fn model_refuses_past_the_per_user_limit_like_the_machine() {
     let mut s = spec(3);
     s.per_user_limit = 1;
     let mut model = Model::new(s.clone());
@@ -782,13 +783,4 @@ fn model_detects_a_divergent_answer() {
     let want = model.apply(2_000, &second);
     assert_eq!(code(&want), "limit_exceeded");
     assert_eq!(mem.apply(2_000, second), want);
-    assert_ne!(
-        want,
-        Response::Held(HoldGrant {
-            hold_id: 2,
-            sale_id: SALE.into(),
-            qty: 1,
-            expires_at_ms: 7_000
-        })
-    );
 }
