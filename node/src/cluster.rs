@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
@@ -26,6 +26,7 @@ use stockade_raft_store::store::StateView;
 use stockade_raft_store::{Command, LogStore, NodeAddr, Raft, Response, StateMachineStore};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::coalesce::{ForwardBatcher, ReadIndexGate};
 use crate::network::{self, Pool};
 use crate::stamp::Stamper;
 use crate::wire::{ForwardRequest, ForwardResponse, ForwardResult, WireError};
@@ -33,7 +34,7 @@ use crate::wire::{ForwardRequest, ForwardResponse, ForwardResult, WireError};
 /// How long a client is told to wait when there is no leader.
 const NO_LEADER_RETRY_MS: u64 = 500;
 /// How long a client is told to wait when the proposal queue is full.
-const OVERLOADED_RETRY_MS: u64 = 50;
+pub(crate) const OVERLOADED_RETRY_MS: u64 = 50;
 /// Attempts of one proposal across leader changes.
 const PROPOSE_ATTEMPTS_MAX: usize = 3;
 /// How long a request waits for a leader to appear before answering 503.
@@ -66,7 +67,14 @@ pub enum ProposeError {
 pub struct WriteStats {
     pub proposals: AtomicU64,
     pub entries: AtomicU64,
+    /// Forward RPCs sent to the leader (a batch of proposals counts once).
     pub forwarded: AtomicU64,
+    /// Proposals that went out in those RPCs.
+    pub forwarded_commands: AtomicU64,
+    /// Read-index rounds run (each may serve many linearizable reads).
+    pub read_rounds: AtomicU64,
+    /// Linearizable reads served by those rounds.
+    pub linearizable_reads: AtomicU64,
 }
 
 pub struct NodeCluster {
@@ -81,6 +89,12 @@ pub struct NodeCluster {
     pub(crate) stats: Arc<WriteStats>,
     /// How other nodes reach this one.
     pub(crate) me: NodeAddr,
+    /// Linearizable reads share leadership rounds (see `crate::coalesce`).
+    pub(crate) read_gate: ReadIndexGate,
+    /// Proposals forwarded to the leader in batches (see `crate::coalesce`).
+    pub(crate) forwarder: ForwardBatcher,
+    /// This cluster itself, for the tasks the gate and the forwarder spawn.
+    pub(crate) this: Weak<NodeCluster>,
 }
 
 fn internal(e: impl std::fmt::Display) -> ClusterError {
@@ -88,6 +102,11 @@ fn internal(e: impl std::fmt::Display) -> ClusterError {
 }
 
 impl NodeCluster {
+    /// Counters of the write and read paths (also exported on `/metrics`).
+    pub fn stats(&self) -> &WriteStats {
+        &self.stats
+    }
+
     /// A hash of this replica's domain state (every state-machine key except the Raft
     /// bookkeeping `last_applied` and `membership`): equal on replicas that applied the
     /// same commands.
@@ -224,6 +243,11 @@ impl NodeCluster {
                         }
                     }
                 }
+            } else if let ForwardRequest::Propose(cmd) = &req {
+                self.forwarder
+                    .forward(cmd.clone())
+                    .await
+                    .map(|(r, by)| (ForwardResponse::Proposed(r), by))
             } else {
                 self.forward(leader, &req).await
             };
@@ -250,6 +274,13 @@ impl NodeCluster {
                 .propose_local(cmd.clone())
                 .await
                 .map(ForwardResponse::Proposed),
+            ForwardRequest::ProposeMany(cmds) => Ok(ForwardResponse::ProposedMany(
+                crate::coalesce::propose_many(self, cmds.clone())
+                    .await
+                    .into_iter()
+                    .map(|r| r.map_err(propose_to_wire))
+                    .collect(),
+            )),
             ForwardRequest::ReadIndex => {
                 let read = self
                     .raft
@@ -296,8 +327,62 @@ impl NodeCluster {
         }
     }
 
+    /// One read-index round: the leader's confirmed read index (asked of the leader when
+    /// this node follows). Callers go through [`ReadIndexGate`], which shares rounds.
+    pub(crate) async fn read_index_round(&self) -> Result<u64, ClusterError> {
+        self.stats.read_rounds.fetch_add(1, Ordering::Relaxed);
+        let (resp, _) = self.on_leader(ForwardRequest::ReadIndex).await?;
+        match resp {
+            ForwardResponse::ReadIndex(index) => Ok(index),
+            other => Err(internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// A follower's forward batch, sent to whoever leads (served here if that is now
+    /// this node): one answer per command, in order, and the node that served them.
+    pub(crate) async fn forward_many(
+        &self,
+        cmds: Vec<Command>,
+    ) -> Result<(Vec<Result<Response, ClusterError>>, u64), ClusterError> {
+        let leader = self.wait_leader().await?;
+        if leader == self.id {
+            let answers = crate::coalesce::propose_many(self, cmds)
+                .await
+                .into_iter()
+                .map(|r| r.map_err(|e| ClusterError::from(propose_to_wire(e))))
+                .collect();
+            return Ok((answers, self.id));
+        }
+        self.stats
+            .forwarded_commands
+            .fetch_add(cmds.len() as u64, Ordering::Relaxed);
+        match self
+            .forward(leader, &ForwardRequest::ProposeMany(cmds))
+            .await?
+        {
+            (ForwardResponse::ProposedMany(items), by) => Ok((
+                items
+                    .into_iter()
+                    .map(|r| r.map_err(ClusterError::from))
+                    .collect(),
+                by,
+            )),
+            (other, _) => Err(internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
     /// The answer to a request forwarded to this node.
     pub(crate) async fn handle_forward(&self, req: ForwardRequest) -> ForwardResult {
+        if let ForwardRequest::ProposeMany(cmds) = req {
+            // Not through `serve_as_leader`: no copy of the batch. A command that meets a
+            // lost leadership answers `NoLeader`, and the follower retries it.
+            let answers = crate::coalesce::propose_many(self, cmds)
+                .await
+                .into_iter()
+                .map(|r| r.map_err(propose_to_wire))
+                .collect();
+            return Ok((ForwardResponse::ProposedMany(answers), self.id));
+        }
         match self.serve_as_leader(&req).await {
             Ok(r) => Ok((r, self.id)),
             Err(ProposeError::NotLeader(_)) => Err(WireError::NoLeader {
@@ -305,6 +390,17 @@ impl NodeCluster {
             }),
             Err(ProposeError::Cluster(e)) => Err(e.into()),
         }
+    }
+}
+
+/// A local proposal's failure as it crosses the wire: "not the leader" becomes
+/// `NoLeader`, which the forwarding node retries on whoever leads next.
+fn propose_to_wire(e: ProposeError) -> WireError {
+    match e {
+        ProposeError::NotLeader(_) => WireError::NoLeader {
+            retry_after_ms: NO_LEADER_RETRY_MS,
+        },
+        ProposeError::Cluster(c) => c.into(),
     }
 }
 
@@ -372,10 +468,17 @@ impl Cluster for NodeCluster {
 
     async fn read(&self, level: ReadLevel) -> Result<Served<StateView>, ClusterError> {
         if level == ReadLevel::Linearizable {
-            let (resp, _) = self.on_leader(ForwardRequest::ReadIndex).await?;
-            let ForwardResponse::ReadIndex(index) = resp else {
-                return Err(internal(format!("unexpected answer {resp:?}")));
-            };
+            self.stats
+                .linearizable_reads
+                .fetch_add(1, Ordering::Relaxed);
+            let index = self.read_gate.read_index(&self.this).await?;
+            let applied = self.raft.metrics().borrow_watched().last_applied;
+            if applied.is_some_and(|a| a.index >= index) {
+                return Ok(Served {
+                    value: self.sm.view(),
+                    served_by: self.id,
+                });
+            }
             self.raft
                 .wait(Some(self.cfg.read_timeout))
                 .applied_index_at_least(Some(index), "linearizable read")

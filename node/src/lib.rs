@@ -8,6 +8,7 @@
 
 pub mod batcher;
 pub mod cluster;
+pub mod coalesce;
 pub mod config;
 pub mod local;
 pub mod metrics;
@@ -140,7 +141,8 @@ pub async fn start(cfg: Config) -> Result<NodeHandle, StartError> {
     let stamper = Arc::new(Stamper::new(cfg.clock_skew_ms));
     let (ptx, prx) = mpsc::channel(cfg.propose_queue_max);
     let stats = Arc::new(cluster::WriteStats::default());
-    let cluster = Arc::new(NodeCluster {
+    let (forwarder, forward_rx) = coalesce::ForwardBatcher::new();
+    let cluster = Arc::new_cyclic(|this| NodeCluster {
         id: cfg.node_id,
         raft: raft.clone(),
         sm: sm.clone(),
@@ -155,9 +157,16 @@ pub async fn start(cfg: Config) -> Result<NodeHandle, StartError> {
         },
         stats: stats.clone(),
         me: me.clone(),
+        read_gate: coalesce::ReadIndexGate::default(),
+        forwarder,
+        this: this.clone(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(coalesce::run_forwarder(
+        Arc::downgrade(&cluster),
+        forward_rx,
+    )));
     tasks.push(tokio::spawn(batcher::run(
         raft.clone(),
         stamper,

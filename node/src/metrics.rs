@@ -107,8 +107,26 @@ pub fn render(c: &NodeCluster) -> String {
     counter(
         &mut out,
         "stockade_forwarded_requests",
-        "Requests forwarded to the leader.",
+        "Forward RPCs to the leader (one per batch of proposals).",
         c.stats.forwarded.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "stockade_forwarded_commands",
+        "Proposals forwarded to the leader in batches.",
+        c.stats.forwarded_commands.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "stockade_linearizable_reads",
+        "Linearizable reads served on this node.",
+        c.stats.linearizable_reads.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "stockade_read_index_rounds",
+        "Read-index rounds run for them (reads share rounds).",
+        c.stats.read_rounds.load(Ordering::Relaxed),
     );
     counter(
         &mut out,

@@ -39,6 +39,9 @@ pub enum ForwardRequest {
     /// A linearizable read index: the leader confirms its leadership and answers the
     /// index a follower must have applied before it reads.
     ReadIndex,
+    /// Many proposals at once (a follower's forward batch, see `crate::coalesce`); each
+    /// gets its own answer, in order. New variants go last: bincode numbers them.
+    ProposeMany(Vec<Command>),
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -46,6 +49,7 @@ pub enum ForwardResponse {
     Proposed(Response),
     Done,
     ReadIndex(u64),
+    ProposedMany(Vec<Result<Response, WireError>>),
 }
 
 /// `ClusterError` as it crosses the wire (the API crate's type has no serde on purpose).

@@ -567,3 +567,78 @@ async fn an_uninitialized_node_is_initialized_through_the_admin_port_once() {
     );
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crowd_through_a_follower_shares_forward_batches_and_read_rounds_without_oversell() {
+    use std::sync::atomic::Ordering;
+    const UNITS: u32 = 100;
+    const USERS: usize = 300;
+    const READS: usize = 200;
+    let c = TestCluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let follower = c.follower(leader);
+    c.create_sale(follower, sale(UNITS, 60_000)).await;
+    let f = &c.nodes[&follower];
+    let rpcs_before = f.cluster.stats().forwarded.load(Ordering::Relaxed);
+    let cmds_before = f.cluster.stats().forwarded_commands.load(Ordering::Relaxed);
+
+    let answers = futures::future::join_all((0..USERS).map(|i| {
+        let cluster = f.cluster.clone();
+        tokio::spawn(async move {
+            cluster
+                .propose(reserve(&format!("u{i}"), &format!("r{i}")))
+                .await
+        })
+    }))
+    .await;
+    let mut held = 0;
+    let mut sold_out = 0;
+    for a in answers {
+        match a
+            .expect("task")
+            .expect("every forwarded proposal is answered")
+            .value
+        {
+            Response::Held(_) => held += 1,
+            Response::Rejected(Reject::SoldOut) => sold_out += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!((held, sold_out), (UNITS as usize, USERS - UNITS as usize));
+    let rpcs = f.cluster.stats().forwarded.load(Ordering::Relaxed) - rpcs_before;
+    let cmds = f.cluster.stats().forwarded_commands.load(Ordering::Relaxed) - cmds_before;
+    assert_eq!(cmds, USERS as u64, "every proposal went to the leader once");
+    assert!(
+        rpcs < cmds,
+        "{cmds} concurrent proposals should share forward RPCs, took {rpcs}"
+    );
+
+    let rounds_before = f.cluster.stats().read_rounds.load(Ordering::Relaxed);
+    let views = futures::future::join_all((0..READS).map(|_| {
+        let cluster = f.cluster.clone();
+        tokio::spawn(async move {
+            let v = cluster.read(ReadLevel::Linearizable).await.expect("read");
+            query::sale(&v.value, SALE).unwrap().expect("sale").counters
+        })
+    }))
+    .await;
+    for v in views {
+        // Every read started after the last write was acknowledged: each must see it.
+        assert_eq!(
+            v.expect("task"),
+            Counters {
+                available: 0,
+                held: UNITS,
+                awaiting_payment: 0,
+                sold: 0
+            }
+        );
+    }
+    let rounds = f.cluster.stats().read_rounds.load(Ordering::Relaxed) - rounds_before;
+    assert!(
+        rounds < READS as u64,
+        "{READS} concurrent reads should share read-index rounds, took {rounds}"
+    );
+    converged(&c).await;
+    c.shutdown().await;
+}

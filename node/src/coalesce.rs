@@ -1,0 +1,187 @@
+//! Sharing one round trip between many concurrent requests: read indexes and forwards.
+//!
+//! **Read index** ([`ReadIndexGate`]): a linearizable read needs the leader to confirm its
+//! leadership with a quorum after the read arrived. Under a flash crowd (most of it
+//! refused from such a read once the sale sells out) one heartbeat round (or, on a
+//! follower, one forwarded RPC) per read would cost more than the refusal itself. So reads
+//! share rounds: at most one round is in flight per node; a read that arrives while one
+//! is in flight waits for the *next* round, which starts as soon as the current one ends
+//! and serves every read that queued meanwhile. A round never serves a read that arrived
+//! after the round started, so each read's index is confirmed by a quorum round that
+//! began after the read was issued: still linearizable (the classic read-index batching of
+//! the Raft thesis, §6.4). openraft itself also queues reads behind one heartbeat, but
+//! it broadcasts a heartbeat per read; this gate makes it one per round.
+//!
+//! **Forward** ([`ForwardBatcher`]): on a follower, proposals bound for the leader are
+//! sent in batches, one `ProposeMany` RPC for all that queued while up to
+//! `FORWARD_INFLIGHT_MAX` earlier batches were in flight, instead of one gRPC call each.
+//! The leader feeds them to its group-commit queue together, so they usually share one
+//! log entry as well. Idle, a proposal goes out at once; no timer adds latency.
+
+use std::sync::{Arc, Mutex, Weak};
+
+use futures::future::join_all;
+use stockade_api::ClusterError;
+use stockade_raft_store::{Command, Response};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::cluster::NodeCluster;
+
+/// Commands in one forwarded batch.
+pub const FORWARD_BATCH_MAX: usize = 256;
+/// Forwarded batches in flight at once per node.
+pub const FORWARD_INFLIGHT_MAX: usize = 4;
+/// Proposals waiting to be forwarded; past this a client gets 503 `overloaded`.
+pub const FORWARD_QUEUE_MAX: usize = 16_384;
+/// Reads waiting for the next read-index round; past this a client gets 503 `overloaded`.
+pub const READ_WAITERS_MAX: usize = 16_384;
+
+/// What a read-index round answers each read that shared it.
+type IndexReply = oneshot::Sender<Result<u64, ClusterError>>;
+
+#[derive(Default)]
+struct GateState {
+    /// A round is in flight (its driver task runs).
+    running: bool,
+    /// Reads that arrived since the current round started.
+    waiting: Vec<IndexReply>,
+}
+
+/// At most one read-index round in flight; reads queue for the next one.
+#[derive(Default)]
+pub struct ReadIndexGate {
+    state: Mutex<GateState>,
+}
+
+impl ReadIndexGate {
+    /// A read index confirmed by a leadership round that started after this call.
+    pub async fn read_index(&self, cluster: &Weak<NodeCluster>) -> Result<u64, ClusterError> {
+        let (tx, rx) = oneshot::channel();
+        let start_driver = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.waiting.len() >= READ_WAITERS_MAX {
+                return Err(ClusterError::Overloaded {
+                    retry_after_ms: crate::cluster::OVERLOADED_RETRY_MS,
+                });
+            }
+            st.waiting.push(tx);
+            !std::mem::replace(&mut st.running, true)
+        };
+        if start_driver {
+            let cluster = cluster.clone();
+            tokio::spawn(async move { drive_rounds(cluster).await });
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(ClusterError::Unknown("the read-index round stopped".into())))
+    }
+}
+
+/// Runs rounds while reads wait; each round serves the reads queued before it began.
+async fn drive_rounds(cluster: Weak<NodeCluster>) {
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        let waiting = {
+            let mut st = c.read_gate.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.waiting.is_empty() {
+                st.running = false;
+                return;
+            }
+            std::mem::take(&mut st.waiting)
+        };
+        let result = c.read_index_round().await;
+        for w in waiting {
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
+/// One proposal waiting to be forwarded, and where its answer goes.
+pub struct Forward {
+    pub cmd: Command,
+    pub reply: oneshot::Sender<Result<(Response, u64), ClusterError>>,
+}
+
+/// The follower side of batched forwarding: a queue and the task that drains it.
+pub struct ForwardBatcher {
+    tx: mpsc::Sender<Forward>,
+}
+
+impl ForwardBatcher {
+    /// The queue; [`run_forwarder`] must be spawned with the receiver.
+    pub fn new() -> (ForwardBatcher, mpsc::Receiver<Forward>) {
+        let (tx, rx) = mpsc::channel(FORWARD_QUEUE_MAX);
+        (ForwardBatcher { tx }, rx)
+    }
+
+    /// Forwards `cmd` to `leader` in the next batch; the answer and who served it.
+    pub async fn forward(&self, cmd: Command) -> Result<(Response, u64), ClusterError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(Forward { cmd, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => ClusterError::Overloaded {
+                    retry_after_ms: crate::cluster::OVERLOADED_RETRY_MS,
+                },
+                mpsc::error::TrySendError::Closed(_) => {
+                    ClusterError::Internal("the forwarder has stopped".into())
+                }
+            })?;
+        rx.await
+            .unwrap_or_else(|_| Err(ClusterError::Unknown("the forward was dropped".into())))
+    }
+}
+
+/// Drains the forward queue: a batch is formed when an in-flight slot is free, from
+/// everything queued by then (up to `FORWARD_BATCH_MAX`), and sent to whoever leads.
+pub async fn run_forwarder(cluster: Weak<NodeCluster>, mut rx: mpsc::Receiver<Forward>) {
+    let slots = Arc::new(Semaphore::new(FORWARD_INFLIGHT_MAX));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let mut batch = vec![first];
+        while batch.len() < FORWARD_BATCH_MAX {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        let Some(c) = cluster.upgrade() else { return };
+        tokio::spawn(async move {
+            send_batch(&c, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn send_batch(c: &NodeCluster, batch: Vec<Forward>) {
+    let (cmds, replies): (Vec<Command>, Vec<_>) =
+        batch.into_iter().map(|f| (f.cmd, f.reply)).unzip();
+    let n = replies.len();
+    let answers: Vec<Result<(Response, u64), ClusterError>> = match c.forward_many(cmds).await {
+        Ok((items, served_by)) if items.len() == n => items
+            .into_iter()
+            .map(|r| r.map(|resp| (resp, served_by)))
+            .collect(),
+        Ok((items, _)) => (0..n)
+            .map(|_| {
+                Err(ClusterError::Internal(format!(
+                    "the leader answered {} of {n} forwarded commands",
+                    items.len()
+                )))
+            })
+            .collect(),
+        Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+    };
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        let _ = reply.send(answer);
+    }
+}
+
+/// The leader side: every forwarded command joins the group-commit queue at once.
+pub async fn propose_many(
+    c: &NodeCluster,
+    cmds: Vec<Command>,
+) -> Vec<Result<Response, crate::cluster::ProposeError>> {
+    join_all(cmds.into_iter().map(|cmd| c.propose_local(cmd))).await
+}

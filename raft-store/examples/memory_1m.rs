@@ -1,0 +1,196 @@
+//! Resident memory of the storage layer while the state grows to N orders (default one
+//! million), each with its hold and two idempotency records (reserve and checkout), and
+//! while a snapshot of all of it is built. Not a test: figures only.
+//!
+//! ```sh
+//! cargo run --release -p stockade-raft-store --example memory_1m -- [DIR] [N]
+//! ```
+//! Commands are applied as the node applies them: group-commit entries of
+//! `COMMANDS_PER_ENTRY` commands, `ENTRIES_PER_APPLY` entries per apply call. DIR defaults
+//! to `./target/memory-1m` (removed afterwards). What this leaves out of a node's memory:
+//! openraft's in-memory log cache and the API's buffers, both bounded by the node's named
+//! limits, not by the state size.
+
+use std::time::Instant;
+
+use futures::stream;
+use openraft::entry::RaftEntry;
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use stockade_raft_store::types::{Command, LogEntry, Product, SaleSpec};
+use stockade_raft_store::{open, Entry, StoreOptions, TypeConfig};
+
+/// Commands per log entry (the node's default group-commit batch is 256).
+const COMMANDS_PER_ENTRY: u64 = 256;
+/// Entries per apply call.
+const ENTRIES_PER_APPLY: usize = 16;
+/// A line of the table every this many orders.
+const REPORT_EVERY: u64 = 100_000;
+
+fn log_id(i: u64) -> stockade_raft_store::LogId {
+    openraft::testing::log_id::<TypeConfig>(1, 1, i)
+}
+
+/// Resident set size of this process, MiB (Linux `/proc/self/status`).
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+fn dir_mib(dir: &std::path::Path) -> f64 {
+    fn walk(p: &std::path::Path) -> u64 {
+        let Ok(rd) = std::fs::read_dir(p) else {
+            return 0;
+        };
+        rd.flatten()
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => walk(&e.path()),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    }
+    walk(dir) as f64 / (1024.0 * 1024.0)
+}
+
+#[allow(clippy::disallowed_methods)] // a benchmark reads the clock; apply never does
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = std::path::PathBuf::from(
+        args.get(1)
+            .cloned()
+            .unwrap_or_else(|| "target/memory-1m".into()),
+    );
+    let n: u64 = args
+        .get(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_log, mut sm) = open(&StoreOptions::new(dir.join("store"))).unwrap();
+
+    let spec = SaleSpec {
+        id: "mem".into(),
+        product: Product {
+            sku: "M".into(),
+            name: "Memory".into(),
+            ..Product::default()
+        },
+        list_price_minor: 1_000,
+        sale_price_minor: 500,
+        currency: "EUR".into(),
+        quantity: u32::try_from(n).expect("N fits a sale's quantity"),
+        starts_at_ms: 1_000,
+        ends_at_ms: u64::MAX / 4,
+        per_user_limit: 1,
+        hold_ttl_ms: 1 << 40,
+        payment_window_ms: 1 << 40,
+    };
+    let mut idx = 0;
+    let mut apply = |cmds: Vec<Command>| {
+        idx += 1;
+        Entry::new_normal(
+            log_id(idx),
+            LogEntry {
+                at_ms: 2_000,
+                cmd: Command::Batch(cmds),
+            },
+        )
+    };
+    sm.apply(stream::iter([Ok((
+        apply(vec![Command::CreateSale(spec)]),
+        None,
+    ))]))
+    .await
+    .unwrap();
+
+    println!("rss at start: {:.1} MiB", rss_mib());
+    println!(
+        "{:>10} {:>12} {:>12} {:>12}",
+        "orders", "rss MiB", "data MiB", "elapsed s"
+    );
+    let t = Instant::now();
+    let mut done = 0u64;
+    while done < n {
+        let chunk = (n - done).min(COMMANDS_PER_ENTRY * ENTRIES_PER_APPLY as u64);
+        let users: Vec<u64> = (done..done + chunk).collect();
+        // Reserve, then check out what was granted: each user ends with one order.
+        let reserves: Vec<Entry> = users
+            .chunks(COMMANDS_PER_ENTRY as usize)
+            .map(|us| {
+                apply(
+                    us.iter()
+                        .map(|u| Command::Reserve {
+                            sale_id: "mem".into(),
+                            user_id: format!("user-{u}"),
+                            qty: 1,
+                            request_id: format!("reserve-{u}"),
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        sm.apply(stream::iter(reserves.into_iter().map(|e| Ok((e, None)))))
+            .await
+            .unwrap();
+        // Hold ids are assigned in order from 1 after the sale; user u got hold u + 1.
+        let checkouts: Vec<Entry> = users
+            .chunks(COMMANDS_PER_ENTRY as usize)
+            .map(|us| {
+                apply(
+                    us.iter()
+                        .map(|u| Command::Checkout {
+                            user_id: format!("user-{u}"),
+                            hold_id: u + 1,
+                            request_id: format!("checkout-{u}"),
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        sm.apply(stream::iter(checkouts.into_iter().map(|e| Ok((e, None)))))
+            .await
+            .unwrap();
+        let before = done;
+        done += chunk;
+        if done / REPORT_EVERY > before / REPORT_EVERY || done == n {
+            println!(
+                "{:>10} {:>12.1} {:>12.1} {:>12.1}",
+                done,
+                rss_mib(),
+                dir_mib(&dir),
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let view = sm.view();
+    let sale = stockade_raft_store::query::sale(&view, "mem")
+        .unwrap()
+        .expect("sale");
+    println!("sale counters after: {:?}", sale.counters);
+    assert_eq!(
+        u64::from(sale.counters.awaiting_payment),
+        n,
+        "every user should hold one order awaiting payment"
+    );
+    let t = Instant::now();
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    println!(
+        "snapshot of {} orders built in {:.1} s; rss after: {:.1} MiB",
+        n,
+        t.elapsed().as_secs_f64(),
+        rss_mib()
+    );
+    drop(snap);
+    drop(sm);
+    let _ = std::fs::remove_dir_all(&dir);
+}
