@@ -3,6 +3,7 @@
 # it only calls apt-get when something is missing.
 #   - libclang: rocksdb's bindgen (librocksdb-sys) needs it at build time.
 #   - protoc is not needed: the proto crate uses a vendored one.
+#   - iproute2 (`ip netns`) and nftables (`nft`): the Jepsen-style suite's partitions.
 set -euo pipefail
 
 need=()
@@ -10,6 +11,8 @@ need=()
 if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*-linux-gnu/libclang-[0-9]*.so* >/dev/null 2>&1; then
   need+=(libclang-dev)
 fi
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v cargo-nextest >/dev/null 2>&1 || cargo nextest --version >/dev/null 2>&1 || NEED_NEXTEST=1
 
 if [ "${#need[@]}" -gt 0 ]; then

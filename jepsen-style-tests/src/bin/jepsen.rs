@@ -11,13 +11,15 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use stockade_jepsen::report::{exit_code, EXIT_INVALID, EXIT_UNKNOWN};
 use stockade_jepsen::runner::nemesis::FaultKind;
-use stockade_jepsen::runner::run::{default_bin, pr_tier, run, RunConfig};
+use stockade_jepsen::runner::run::{
+    default_bin, long_plans, pr_plans, run, run_tier, Backend, RunConfig, INTERRUPTED,
+};
 use stockade_jepsen::verdict::Verdict;
 
 /// Exit code of a run that could not be set up.
 const EXIT_SETUP: u8 = 3;
-/// Length of one PR-tier run.
-const PR_RUN: Duration = Duration::from_secs(20);
+/// Exit code after SIGINT / SIGTERM (everything was cleaned up).
+const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Parser)]
 #[command(
@@ -37,7 +39,10 @@ enum Cmd {
         seed: u64,
         #[arg(long, default_value_t = 20)]
         duration_s: u64,
-        /// Comma-separated: kill, kill-leader, kill-one, kill-minority, pause, skew; or none.
+        /// Comma-separated: kill, kill-leader, kill-one, kill-minority, pause, skew,
+        /// partition (leader isolation, majority/minority; needs --backend netns),
+        /// partition5 (also bridge, ring; 5 nodes), proxy (delay, loss), delay, loss,
+        /// membership (member-add, member-remove); or none.
         #[arg(long, default_value = "kill,pause,skew")]
         nemesis: String,
         #[arg(long, default_value_t = 6)]
@@ -55,7 +60,18 @@ enum Cmd {
         /// Keep the nodes' data directories.
         #[arg(long)]
         keep_data: bool,
-        /// `pr`: 3 × 20 s runs, one per fault family (kill, pause, skew).
+        /// `local` (processes on loopback) or `netns` (each node in its own network
+        /// namespace: real partitions with nftables; root).
+        #[arg(long, default_value = "local")]
+        backend: String,
+        /// Clients join the waitlist of one sale when it is sold out (that sale's
+        /// linearizability is then unknown: the model has no waitlist).
+        #[arg(long)]
+        waitlist: bool,
+        /// `pr`: 6 × 20 s runs, one per fault family (kill, pause, skew, partition,
+        /// proxy, membership). `long`: every family alone and mixed, 60 s runs, 3 seeds,
+        /// 5 nodes for bridge and ring. Overrides --nemesis, --nodes, --backend and
+        /// --duration-s.
         #[arg(long)]
         tier: Option<String>,
     },
@@ -89,11 +105,16 @@ fn main() -> ExitCode {
         stockade_bin,
         faults_max,
         keep_data,
+        backend,
+        waitlist,
         tier,
     } = cmd;
     let setup = |e: String| {
         eprintln!("stockade-jepsen: {e}");
         ExitCode::from(EXIT_SETUP)
+    };
+    let Some(backend) = Backend::parse(&backend) else {
+        return setup(format!("unknown backend {backend:?} (known: local, netns)"));
     };
     let nemesis = match parse_nemesis(&nemesis) {
         Ok(n) => n,
@@ -120,26 +141,51 @@ fn main() -> ExitCode {
         bin,
         faults_max,
         keep_data,
+        backend,
+        waitlist,
     };
+    let started = std::time::Instant::now();
     let results = match tier.as_deref() {
-        None => vec![run(&cfg)],
-        Some("pr") => pr_tier(&cfg, PR_RUN),
-        Some(t) => return setup(format!("unknown tier {t:?} (known: pr)")),
+        None => vec![(format!("seed {seed}"), run(&cfg))],
+        Some("pr") => run_tier(&cfg, &pr_plans()),
+        Some("long") => run_tier(&cfg, &long_plans()),
+        Some(t) => return setup(format!("unknown tier {t:?} (known: pr, long)")),
     };
     let mut overall = Verdict::Valid;
     let mut setup_failed = false;
-    for r in results {
+    let mut summary = Vec::new();
+    for (name, r) in results {
         match r {
             Ok(r) => {
                 println!("{}", r.report.to_text());
                 println!("saved to {}\n", r.out.display());
                 overall = overall.and(r.report.verdict);
+                let took = r.faults.iter().filter(|f| f.took_effect).count();
+                let healed = r.faults.iter().filter(|f| f.heal_ok).count();
+                summary.push(format!(
+                    "{name}: {:?}; faults {} injected, {took} took effect, {healed} healed",
+                    r.report.verdict,
+                    r.faults.len()
+                ));
             }
             Err(e) => {
-                eprintln!("stockade-jepsen: run failed: {e}");
+                eprintln!("stockade-jepsen: run {name} failed: {e}");
+                summary.push(format!("{name}: FAILED TO RUN: {e}"));
                 setup_failed = true;
             }
         }
+    }
+    if tier.is_some() {
+        println!(
+            "== tier summary ({:.0} s) ==",
+            started.elapsed().as_secs_f64()
+        );
+        for l in &summary {
+            println!("{l}");
+        }
+    }
+    if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+        return ExitCode::from(EXIT_INTERRUPTED);
     }
     let code = exit_code(overall);
     if code == EXIT_INVALID || code == EXIT_UNKNOWN || !setup_failed {

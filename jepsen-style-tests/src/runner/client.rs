@@ -45,6 +45,29 @@ pub struct Status {
     pub leader_id: Option<u64>,
     pub applied_index: u64,
     pub commit_index: u64,
+    #[serde(default)]
+    pub members: Vec<Member>,
+}
+
+/// One member in `/admin/status`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Member {
+    pub node_id: u64,
+    pub voter: bool,
+}
+
+impl Status {
+    /// The voters this node sees, in id order.
+    pub fn voters(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.node_id)
+            .collect();
+        v.sort_unstable();
+        v
+    }
 }
 
 #[derive(Clone)]
@@ -121,6 +144,23 @@ impl Client {
     pub async fn post(&self, node: &str, path: &str, body: &Value) -> Answer {
         self.answer(self.http.post(format!("http://{node}{path}")).json(body))
             .await
+    }
+
+    /// A POST with its own timeout (admin calls that wait for replication).
+    pub async fn post_timeout(
+        &self,
+        node: &str,
+        path: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Answer {
+        self.answer(
+            self.http
+                .post(format!("http://{node}{path}"))
+                .json(body)
+                .timeout(timeout),
+        )
+        .await
     }
 
     pub async fn get(&self, node: &str, path: &str) -> Answer {

@@ -4,9 +4,9 @@
 //! [`wait_quiet`] (all nodes answer, agree on a leader and have applied the same index,
 //! twice in a row) and [`read_final`], which fills a [`FinalState`]:
 //! - authoritative sales: linearizable `GET /v1/sales/{id}` on the leader;
-//! - holds and orders: hold and order ids share one counter from 1, so every id is read
-//!   (`GET /v1/holds/{id}`, else `GET /v1/orders/{id}`) until [`ID_MISS_RUN_MAX`]
-//!   consecutive ids are neither;
+//! - holds and orders: every user the history names is listed on the leader,
+//!   `GET /v1/users/{user_id}/holds` and `GET /v1/users/{user_id}/orders`, page by page
+//!   ([`PAGE_LIMIT`] each, at most [`PAGES_PER_USER_MAX`] pages);
 //! - per node: `GET /v1/sales/{id}?consistency=stale`, `applied_index`, and the state
 //!   hash (`GET /admin/state-hash`, kept only when taken at the quiet applied index).
 //!
@@ -28,10 +28,10 @@ use crate::history::{Counters, History, OkValue, SaleMeta};
 
 /// Poll period of the leader and quiet waits.
 pub const POLL: Duration = Duration::from_millis(50);
-/// Consecutive ids that are neither hold nor order before the scan stops.
-pub const ID_MISS_RUN_MAX: u64 = 20;
-/// Ids scanned at most.
-pub const IDS_SCAN_MAX: u64 = 100_000;
+/// Records per page of a user's holds or orders.
+pub const PAGE_LIMIT: u32 = 200;
+/// Pages read per user and listing at most (a longer listing is an error, not a cut).
+pub const PAGES_PER_USER_MAX: u32 = 500;
 /// Attempts at one final read before the final state is declared unreadable.
 pub const READ_ATTEMPTS_MAX: u32 = 5;
 /// Pause between such attempts.
@@ -204,20 +204,21 @@ pub async fn read_final(
         }
     }
 
-    let mut misses = 0;
-    let mut id = 1;
-    while misses < ID_MISS_RUN_MAX && id <= IDS_SCAN_MAX {
-        if let Some(h) = get_settled(c, lnode, &format!("/v1/holds/{id}")).await? {
+    let users: std::collections::BTreeSet<String> = history
+        .ops
+        .iter()
+        .filter_map(|o| o.call.client_key().map(|(u, _)| u.to_string()))
+        .collect();
+    for user in &users {
+        for h in list_all(c, lnode, &format!("/v1/users/{user}/holds"), "holds").await? {
             fs.holds.push(final_hold(&h, &hold_rid)?);
-            misses = 0;
-        } else if let Some(o) = get_settled(c, lnode, &format!("/v1/orders/{id}")).await? {
-            fs.orders.push(final_order(&o, &order_rid)?);
-            misses = 0;
-        } else {
-            misses += 1;
         }
-        id += 1;
+        for o in list_all(c, lnode, &format!("/v1/users/{user}/orders"), "orders").await? {
+            fs.orders.push(final_order(&o, &order_rid)?);
+        }
     }
+    fs.holds.sort_by_key(|h| h.hold_id);
+    fs.orders.sort_by_key(|o| o.order_id);
 
     let mut all_hashes = true;
     for (&nid, addr) in nodes {
@@ -275,6 +276,33 @@ pub async fn read_final(
         fs.gaps.push(Gap::OrderRequestIds);
     }
     Ok(fs)
+}
+
+/// Every record of a paged listing (`field` is the array's name), in id order.
+async fn list_all(c: &Client, node: &str, path: &str, field: &str) -> Result<Vec<Value>, String> {
+    let mut out = Vec::new();
+    let mut after: Option<u64> = None;
+    for _ in 0..PAGES_PER_USER_MAX {
+        let q = match after {
+            Some(a) => format!("{path}?limit={PAGE_LIMIT}&after={a}"),
+            None => format!("{path}?limit={PAGE_LIMIT}"),
+        };
+        let page = get_settled(c, node, &q)
+            .await?
+            .ok_or_else(|| format!("GET {q}: not found"))?;
+        let items = page
+            .get(field)
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("GET {q}: no {field} array in {page}"))?;
+        out.extend(items.iter().cloned());
+        match page.get("next_after").and_then(Value::as_u64) {
+            Some(a) => after = Some(a),
+            None => return Ok(out),
+        }
+    }
+    Err(format!(
+        "{path}: more than {PAGES_PER_USER_MAX} pages of {PAGE_LIMIT}"
+    ))
 }
 
 fn u(v: &Value, k: &str) -> Result<u64, String> {

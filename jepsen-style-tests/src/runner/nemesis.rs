@@ -8,17 +8,28 @@
 //!
 //! Built: kill -9 of one node / the leader / a minority then restart from the data dir;
 //! SIGSTOP of the leader then SIGCONT; restart of one node with `--clock-skew-ms` (healed
-//! by a restart without skew). Not built (the traits leave room for them): network
-//! partitions (namespaces + nftables: a `ClusterControl::partition` over node groups), a
-//! userspace TCP delay/loss proxy between nodes, membership changes, the Docker backend.
+//! by a restart without skew); partitions with nftables in per-node namespaces (isolate
+//! the leader, majority/minority, bridge and ring over 5 nodes; healed by deleting the
+//! rules); delay and loss on the links into one node or all nodes through the userspace
+//! proxy (healed by clearing the fault). Membership changes talk HTTP, so the scheduler in
+//! [`super::run`] does them (with [`super::membership`]). Not built: the Docker backend.
 //!
 //! It must not talk HTTP: the scheduler in [`super::run`] finds the leader and confirms
-//! effects; this module only acts on processes.
+//! effects; this module only acts on processes and the network.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use super::netns::{grudge_bridge, grudge_of_groups, grudge_ring};
 use super::procs::{ProcError, ProcState, ProcessCluster};
+use super::proxy::{
+    LinkFault, ProxyStats, DELAY_MS_MAX, DELAY_MS_MIN, LOSS_PERMILLE_MAX, LOSS_PERMILLE_MIN,
+};
 use super::rng::Rng;
+
+/// Nodes a bridge or ring partition needs (with fewer it is no partition at all).
+pub const BRIDGE_RING_NODES_MIN: usize = 5;
 
 /// Largest clock skew the nemesis gives a node, in ms (kept below the checkers' bound).
 pub const SKEW_MAX_MS: i64 = 400;
@@ -33,6 +44,14 @@ pub enum FaultKind {
     KillMinority,
     PauseLeader,
     SkewRestart,
+    PartitionLeader,
+    PartitionHalves,
+    PartitionBridge,
+    PartitionRing,
+    Delay,
+    Loss,
+    MemberAdd,
+    MemberRemove,
 }
 
 impl FaultKind {
@@ -43,11 +62,38 @@ impl FaultKind {
             FaultKind::KillMinority => "kill_minority",
             FaultKind::PauseLeader => "pause_leader",
             FaultKind::SkewRestart => "skew_restart",
+            FaultKind::PartitionLeader => "partition_leader",
+            FaultKind::PartitionHalves => "partition_halves",
+            FaultKind::PartitionBridge => "partition_bridge",
+            FaultKind::PartitionRing => "partition_ring",
+            FaultKind::Delay => "delay",
+            FaultKind::Loss => "loss",
+            FaultKind::MemberAdd => "member_add",
+            FaultKind::MemberRemove => "member_remove",
         }
     }
 
-    /// The kinds a `--nemesis` word names: `kill`, `kill-leader`, `pause`, `skew`, or a
-    /// kind's own name.
+    pub fn is_partition(self) -> bool {
+        use FaultKind::*;
+        matches!(
+            self,
+            PartitionLeader | PartitionHalves | PartitionBridge | PartitionRing
+        )
+    }
+
+    /// Faults that need the proxy.
+    pub fn is_link(self) -> bool {
+        matches!(self, FaultKind::Delay | FaultKind::Loss)
+    }
+
+    pub fn is_membership(self) -> bool {
+        matches!(self, FaultKind::MemberAdd | FaultKind::MemberRemove)
+    }
+
+    /// The kinds a `--nemesis` word names: `kill`, `kill-leader`, `pause`, `skew`,
+    /// `partition` (leader isolation and majority/minority), `partition5` (also bridge
+    /// and ring: 5 nodes), `proxy` (delay and loss), `membership` (add and remove), or a
+    /// kind's own name (`-` or `_`).
     pub fn parse_group(word: &str) -> Option<Vec<FaultKind>> {
         use FaultKind::*;
         Some(match word.trim() {
@@ -57,6 +103,23 @@ impl FaultKind {
             "kill-minority" | "kill_minority" => vec![KillMinority],
             "pause" | "pause_leader" | "pause-leader" => vec![PauseLeader],
             "skew" | "skew_restart" | "skew-restart" => vec![SkewRestart],
+            "partition" => vec![PartitionLeader, PartitionHalves],
+            "partition5" => vec![
+                PartitionLeader,
+                PartitionHalves,
+                PartitionBridge,
+                PartitionRing,
+            ],
+            "partition-leader" | "partition_leader" => vec![PartitionLeader],
+            "partition-halves" | "partition_halves" => vec![PartitionHalves],
+            "partition-bridge" | "partition_bridge" | "bridge" => vec![PartitionBridge],
+            "partition-ring" | "partition_ring" | "ring" => vec![PartitionRing],
+            "proxy" => vec![Delay, Loss],
+            "delay" => vec![Delay],
+            "loss" => vec![Loss],
+            "membership" => vec![MemberAdd, MemberRemove],
+            "member-add" | "member_add" => vec![MemberAdd],
+            "member-remove" | "member_remove" => vec![MemberRemove],
             _ => return None,
         })
     }
@@ -93,6 +156,15 @@ pub trait ClusterControl: Send {
     fn pause(&mut self, id: u64) -> Result<bool, ProcError>;
     fn resume(&mut self, id: u64) -> Result<bool, ProcError>;
     fn is_down(&mut self, id: u64) -> Result<bool, ProcError>;
+    /// Node `n` drops all traffic to and from `grudge[n]`; what was installed.
+    fn partition(&mut self, grudge: &BTreeMap<u64, BTreeSet<u64>>) -> Result<String, String>;
+    /// Whether node `n` carries partition rules now.
+    fn partitioned(&mut self, n: u64) -> bool;
+    fn heal_partition(&mut self) -> Result<(), String>;
+    /// Sets a delay/loss fault on the links into `dests`.
+    fn link_fault(&mut self, dests: &[u64], f: LinkFault) -> Result<(), String>;
+    fn heal_links(&mut self) -> Result<(), String>;
+    fn proxy_stats(&self) -> Option<ProxyStats>;
 }
 
 impl ClusterControl for ProcessCluster {
@@ -117,6 +189,38 @@ impl ClusterControl for ProcessCluster {
     fn is_down(&mut self, id: u64) -> Result<bool, ProcError> {
         Ok(self.state(id)? == ProcState::Down)
     }
+    fn partition(&mut self, grudge: &BTreeMap<u64, BTreeSet<u64>>) -> Result<String, String> {
+        ProcessCluster::partition(self, grudge)
+    }
+    fn partitioned(&mut self, n: u64) -> bool {
+        self.netns().is_some_and(|x| x.has_rules(n))
+    }
+    fn heal_partition(&mut self) -> Result<(), String> {
+        match self.netns() {
+            Some(x) => x.heal(),
+            None => Ok(()),
+        }
+    }
+    fn link_fault(&mut self, dests: &[u64], f: LinkFault) -> Result<(), String> {
+        match self.proxy() {
+            Some(p) => {
+                p.set_fault(dests, f);
+                Ok(())
+            }
+            None => Err(
+                "link faults need the proxy (it is on when the nemesis has delay or loss)".into(),
+            ),
+        }
+    }
+    fn heal_links(&mut self) -> Result<(), String> {
+        if let Some(p) = self.proxy() {
+            p.heal();
+        }
+        Ok(())
+    }
+    fn proxy_stats(&self) -> Option<ProxyStats> {
+        self.proxy().map(|p| p.stats())
+    }
 }
 
 /// What a nemesis must undo.
@@ -125,6 +229,8 @@ pub enum Undo {
     Restart(Vec<u64>),
     Resume(u64),
     Unskew(u64),
+    HealPartition,
+    HealLinks,
     Nothing,
 }
 
@@ -147,6 +253,16 @@ pub trait Nemesis: Send {
 #[derive(Debug, Default)]
 pub struct ProcessNemesis;
 
+fn shuffled(ids: &[u64], rng: &mut Rng) -> Vec<u64> {
+    let mut pool = ids.to_vec();
+    let mut out = Vec::with_capacity(pool.len());
+    while !pool.is_empty() {
+        let i = rng.below(pool.len() as u64) as usize;
+        out.push(pool.swap_remove(i));
+    }
+    out
+}
+
 fn pick(ids: &[u64], rng: &mut Rng) -> Option<u64> {
     if ids.is_empty() {
         return None;
@@ -165,16 +281,29 @@ impl Nemesis for ProcessNemesis {
         let ids = ctl.node_ids();
         let targets: Vec<u64> = match kind {
             FaultKind::KillOne | FaultKind::SkewRestart => pick(&ids, rng).into_iter().collect(),
-            FaultKind::KillLeader | FaultKind::PauseLeader => leader.into_iter().collect(),
-            FaultKind::KillMinority => {
+            FaultKind::KillLeader | FaultKind::PauseLeader | FaultKind::PartitionLeader => {
+                leader.into_iter().collect()
+            }
+            FaultKind::KillMinority | FaultKind::PartitionHalves => {
                 let k = (ids.len().saturating_sub(1)) / 2;
-                let mut pool = ids.clone();
-                let mut out = Vec::new();
-                while out.len() < k && !pool.is_empty() {
-                    let i = rng.below(pool.len() as u64) as usize;
-                    out.push(pool.swap_remove(i));
+                shuffled(&ids, rng).into_iter().take(k).collect()
+            }
+            FaultKind::PartitionBridge | FaultKind::PartitionRing => shuffled(&ids, rng),
+            FaultKind::Delay | FaultKind::Loss => {
+                // The links into every node, or into one (the leader half of the time).
+                match rng.below(3) {
+                    0 => ids.clone(),
+                    1 => leader.or_else(|| pick(&ids, rng)).into_iter().collect(),
+                    _ => pick(&ids, rng).into_iter().collect(),
                 }
-                out
+            }
+            FaultKind::MemberAdd | FaultKind::MemberRemove => {
+                return (
+                    vec![],
+                    false,
+                    "membership changes are made by the scheduler".into(),
+                    Undo::Nothing,
+                )
             }
         };
         if targets.is_empty() {
@@ -186,6 +315,71 @@ impl Nemesis for ProcessNemesis {
             );
         }
         match kind {
+            FaultKind::MemberAdd | FaultKind::MemberRemove => {
+                (vec![], false, "not a process fault".into(), Undo::Nothing)
+            }
+            FaultKind::PartitionLeader
+            | FaultKind::PartitionHalves
+            | FaultKind::PartitionBridge
+            | FaultKind::PartitionRing => {
+                let grudge = match kind {
+                    FaultKind::PartitionBridge => grudge_bridge(&targets),
+                    FaultKind::PartitionRing => grudge_ring(&targets),
+                    _ => {
+                        let rest: Vec<u64> = ids
+                            .iter()
+                            .copied()
+                            .filter(|i| !targets.contains(i))
+                            .collect();
+                        grudge_of_groups(&[targets.clone(), rest])
+                    }
+                };
+                match ctl.partition(&grudge) {
+                    Ok(what) => {
+                        let cut: Vec<u64> = grudge
+                            .iter()
+                            .filter(|(_, c)| !c.is_empty())
+                            .map(|(n, _)| *n)
+                            .collect();
+                        let effect = !cut.is_empty() && cut.iter().all(|&n| ctl.partitioned(n));
+                        (
+                            targets,
+                            effect,
+                            format!("nft drop: {what}"),
+                            Undo::HealPartition,
+                        )
+                    }
+                    Err(e) => (
+                        targets,
+                        false,
+                        format!("partition failed: {e}"),
+                        Undo::HealPartition,
+                    ),
+                }
+            }
+            FaultKind::Delay | FaultKind::Loss => {
+                let f = if kind == FaultKind::Delay {
+                    LinkFault {
+                        delay_ms: rng.between(DELAY_MS_MIN, DELAY_MS_MAX),
+                        loss_permille: 0,
+                    }
+                } else {
+                    LinkFault {
+                        delay_ms: 0,
+                        loss_permille: rng.between(LOSS_PERMILLE_MIN, LOSS_PERMILLE_MAX),
+                    }
+                };
+                match ctl.link_fault(&targets, f) {
+                    // Whether it took effect is decided from the proxy's counters at heal.
+                    Ok(()) => (
+                        targets.clone(),
+                        true,
+                        format!("links into {targets:?}: {f:?}"),
+                        Undo::HealLinks,
+                    ),
+                    Err(e) => (targets, false, e, Undo::Nothing),
+                }
+            }
             FaultKind::KillOne | FaultKind::KillLeader | FaultKind::KillMinority => {
                 let mut killed = Vec::new();
                 let mut notes = Vec::new();
@@ -254,6 +448,14 @@ impl Nemesis for ProcessNemesis {
             Undo::Resume(id) => match ctl.resume(*id) {
                 Ok(r) => (true, format!("SIGCONT n{id} (was paused: {r})")),
                 Err(e) => (false, format!("SIGCONT n{id}: {e}")),
+            },
+            Undo::HealPartition => match ctl.heal_partition() {
+                Ok(()) => (true, "nft rules deleted".into()),
+                Err(e) => (false, format!("heal partition: {e}")),
+            },
+            Undo::HealLinks => match ctl.heal_links() {
+                Ok(()) => (true, "link faults cleared".into()),
+                Err(e) => (false, format!("heal links: {e}")),
             },
             Undo::Unskew(id) => {
                 let _ = ctl.stop(*id);

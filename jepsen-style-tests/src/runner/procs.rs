@@ -1,9 +1,15 @@
-//! Cluster control, process backend: `stockade` node processes on loopback.
+//! Cluster control, local backend: `stockade` node processes on loopback, or each in its
+//! own network namespace ([`super::netns`]), optionally behind the delay/loss proxy
+//! ([`super::proxy`]).
 //!
-//! This module owns starting N real `stockade` processes on free loopback ports, each
-//! with its own data directory under one temporary directory, forming one cluster from
-//! `--peers`; and the process-level faults: stop (SIGTERM), kill -9, restart from the data
-//! dir (optionally with `--clock-skew-ms`), pause / resume (SIGSTOP / SIGCONT).
+//! This module owns starting N real `stockade` processes (free loopback ports, or fixed
+//! ports on per-namespace addresses), each with its own data directory under one temporary
+//! directory, forming one cluster from `--peers` (whose Raft addresses are the proxy's
+//! listeners when the proxy is on); adding a fresh node later (`--init never`, for the
+//! membership nemesis); and the process-level faults: stop (SIGTERM), kill -9, restart
+//! from the data dir (optionally with `--clock-skew-ms`), pause / resume (SIGSTOP /
+//! SIGCONT). Partitions and link faults are delegated to the namespaces and the proxy it
+//! owns.
 //!
 //! Every child is killed (SIGCONT first, then SIGKILL) and reaped when the
 //! [`ProcessCluster`] is dropped: on normal exit, on error and on panic. It must not talk
@@ -11,6 +17,7 @@
 //! not start. A SIGKILL of the runner itself cannot be caught: its children then outlive
 //! it (not handled: no `PR_SET_PDEATHSIG` without unsafe code).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,6 +29,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 const EXIT_POLL: Duration = Duration::from_millis(20);
 /// Most nodes one cluster may have.
 pub const NODES_MAX: usize = 9;
+/// Most nodes added over one run (membership nemesis).
+pub const ADDED_NODES_MAX: u64 = 32;
 
 /// Fast Raft timings for loopback (as `stockade_node::local` uses) and short request
 /// timeouts so a paused leader turns into `info` ops quickly.
@@ -50,14 +59,31 @@ fn io(what: &str, e: impl std::fmt::Display) -> ProcError {
     ProcError::Io(format!("{what}: {e}"))
 }
 
-/// A node's fixed identity: id, ports and data dir (kept across restarts).
+/// A node's fixed identity: id, addresses and data dir (kept across restarts).
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
     pub id: u64,
+    /// HTTP address (listen and advertised; the runner's clients use it).
     pub http: String,
+    /// gRPC listen address.
     pub grpc: String,
+    /// gRPC address other nodes use (the proxy's listener when the proxy is on).
+    pub grpc_advertise: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// One of the nodes the cluster was started with (else added later, `--init never`).
+    pub initial: bool,
+}
+
+/// How the cluster's network is built.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterOpts {
+    /// Each node in its own network namespace (partitions possible; needs root).
+    pub netns: bool,
+    /// Raft/gRPC traffic through the delay/loss proxy.
+    pub proxy: bool,
+    /// Seed of the proxy's loss rolls.
+    pub seed: u64,
 }
 
 /// What a node process is doing now.
@@ -75,11 +101,15 @@ struct Node {
     skew_ms: i64,
 }
 
-/// N `stockade` processes. Dropping it kills and reaps every child.
+/// N `stockade` processes. Dropping it kills and reaps every child, then removes the
+/// proxy and the namespaces.
 pub struct ProcessCluster {
     bin: PathBuf,
     nodes: Vec<Node>,
-    // Declared last: dropped after the children are gone.
+    added: u64,
+    // Dropped after the children are gone (Drop kills them first), in this order.
+    proxy: Option<super::proxy::Proxy>,
+    netns: Option<super::netns::Netns>,
     dir: tempfile::TempDir,
 }
 
@@ -89,8 +119,19 @@ fn free_port() -> Result<u16, ProcError> {
 }
 
 impl ProcessCluster {
-    /// Plans `n` nodes on fresh ports and starts them all.
+    /// Plans `n` nodes on loopback and starts them all.
     pub fn start(bin: &Path, n: usize, keep_dir: bool) -> Result<ProcessCluster, ProcError> {
+        Self::start_with(bin, n, keep_dir, ClusterOpts::default())
+    }
+
+    /// Plans `n` nodes (namespaces and proxy as `opts` says) and starts them all. With the
+    /// proxy on it must be called inside a tokio runtime.
+    pub fn start_with(
+        bin: &Path,
+        n: usize,
+        keep_dir: bool,
+        opts: ClusterOpts,
+    ) -> Result<ProcessCluster, ProcError> {
         if n == 0 || n > NODES_MAX {
             return Err(ProcError::Size(n));
         }
@@ -104,30 +145,126 @@ impl ProcessCluster {
         if keep_dir {
             dir.disable_cleanup(true);
         }
-        let mut nodes = Vec::with_capacity(n);
-        for id in 1..=n as u64 {
-            nodes.push(Node {
-                spec: NodeSpec {
-                    id,
-                    http: format!("127.0.0.1:{}", free_port()?),
-                    grpc: format!("127.0.0.1:{}", free_port()?),
-                    data_dir: dir.path().join(format!("node{id}")),
-                    log: dir.path().join(format!("node{id}.log")),
-                },
+        let ids: Vec<u64> = (1..=n as u64).collect();
+        let netns = if opts.netns {
+            Some(super::netns::Netns::create(&ids).map_err(ProcError::Io)?)
+        } else {
+            None
+        };
+        let proxy = if opts.proxy {
+            let host = netns
+                .as_ref()
+                .map(|x| x.host_ip())
+                .unwrap_or_else(|| "127.0.0.1".into());
+            let rt = tokio::runtime::Handle::try_current()
+                .map_err(|e| io("the proxy needs a tokio runtime", e))?;
+            Some(super::proxy::Proxy::new(rt, &host, opts.seed))
+        } else {
+            None
+        };
+        let mut c = ProcessCluster {
+            bin: bin.to_path_buf(),
+            nodes: Vec::with_capacity(n),
+            added: 0,
+            proxy,
+            netns,
+            dir,
+        };
+        for &id in &ids {
+            let spec = c.plan(id, true)?;
+            c.nodes.push(Node {
+                spec,
                 child: None,
                 paused: false,
                 skew_ms: 0,
             });
         }
-        let mut c = ProcessCluster {
-            bin: bin.to_path_buf(),
-            nodes,
-            dir,
-        };
         for id in c.ids() {
             c.spawn(id, 0)?;
         }
         Ok(c)
+    }
+
+    /// Addresses and paths of node `id` (its namespace made if namespaces are on).
+    fn plan(&mut self, id: u64, initial: bool) -> Result<NodeSpec, ProcError> {
+        let (http, grpc) = match self.netns.as_mut() {
+            Some(ns) => {
+                ns.add_node(id).map_err(ProcError::Io)?;
+                let ip = ns.node_ip(id);
+                (
+                    format!("{ip}:{}", super::netns::HTTP_PORT),
+                    format!("{ip}:{}", super::netns::GRPC_PORT),
+                )
+            }
+            None => (
+                format!("127.0.0.1:{}", free_port()?),
+                format!("127.0.0.1:{}", free_port()?),
+            ),
+        };
+        let grpc_advertise = match &self.proxy {
+            Some(p) => {
+                let target = grpc
+                    .parse()
+                    .map_err(|e| io(&format!("address {grpc}"), e))?;
+                p.add_dest(id, target).map_err(ProcError::Io)?.to_string()
+            }
+            None => grpc.clone(),
+        };
+        Ok(NodeSpec {
+            id,
+            http,
+            grpc,
+            grpc_advertise,
+            data_dir: self.dir.path().join(format!("node{id}")),
+            log: self.dir.path().join(format!("node{id}.log")),
+            initial,
+        })
+    }
+
+    /// Starts a fresh node (next free id, empty data dir, `--init never`): it waits to be
+    /// added with the admin API. Its spec.
+    pub fn add_node(&mut self) -> Result<NodeSpec, ProcError> {
+        if self.added >= ADDED_NODES_MAX {
+            return Err(ProcError::Io(format!(
+                "{ADDED_NODES_MAX} nodes added already"
+            )));
+        }
+        let id = self.nodes.iter().map(|n| n.spec.id).max().unwrap_or(0) + 1;
+        let spec = self.plan(id, false)?;
+        self.added += 1;
+        self.nodes.push(Node {
+            spec: spec.clone(),
+            child: None,
+            paused: false,
+            skew_ms: 0,
+        });
+        self.spawn(id, 0)?;
+        Ok(spec)
+    }
+
+    /// Kills an added node and forgets it (its data dir stays until the run ends).
+    pub fn retire(&mut self, id: u64) -> Result<(), ProcError> {
+        self.kill(id)?;
+        self.nodes.retain(|n| n.spec.id != id);
+        Ok(())
+    }
+
+    /// The network namespaces, if on.
+    pub fn netns(&mut self) -> Option<&mut super::netns::Netns> {
+        self.netns.as_mut()
+    }
+
+    /// The delay/loss proxy, if on.
+    pub fn proxy(&self) -> Option<&super::proxy::Proxy> {
+        self.proxy.as_ref()
+    }
+
+    /// Partitions the nodes as `grudge` says (namespaces only).
+    pub fn partition(&mut self, grudge: &BTreeMap<u64, BTreeSet<u64>>) -> Result<String, String> {
+        match self.netns.as_mut() {
+            Some(n) => n.partition(grudge),
+            None => Err("partitions need the namespace backend (--backend netns)".into()),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -142,10 +279,12 @@ impl ProcessCluster {
         self.nodes.iter().map(|n| n.spec.clone()).collect()
     }
 
+    /// The initial cluster, as `--peers` gives it.
     fn peers(&self) -> String {
         self.nodes
             .iter()
-            .map(|n| format!("{}={}/{}", n.spec.id, n.spec.grpc, n.spec.http))
+            .filter(|n| n.spec.initial)
+            .map(|n| format!("{}={}/{}", n.spec.id, n.spec.grpc_advertise, n.spec.http))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -177,6 +316,10 @@ impl ProcessCluster {
     fn spawn(&mut self, id: u64, skew_ms: i64) -> Result<(), ProcError> {
         let peers = self.peers();
         let bin = self.bin.clone();
+        let ns = self
+            .netns
+            .as_ref()
+            .and_then(|x| x.node_ns(id).map(str::to_string));
         let n = self.node(id)?;
         if n.child.is_some() {
             return Err(ProcError::Io(format!("node {id} is already running")));
@@ -186,14 +329,28 @@ impl ProcessCluster {
             .append(true)
             .open(&n.spec.log)
             .map_err(|e| io("node log", e))?;
-        let child = Command::new(&bin)
+        let mut cmd = match &ns {
+            // `ip netns exec` execs the binary: the child's pid is the node's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        if n.spec.initial {
+            cmd.arg(format!("--peers={peers}")).arg("--init=auto");
+        } else {
+            cmd.arg("--init=never");
+        }
+        let child = cmd
             .arg(format!("--node-id={id}"))
             .arg("--data-dir")
             .arg(&n.spec.data_dir)
             .arg(format!("--http-listen={}", n.spec.http))
             .arg(format!("--grpc-listen={}", n.spec.grpc))
-            .arg(format!("--peers={peers}"))
-            .arg("--init=auto")
+            .arg(format!("--grpc-advertise={}", n.spec.grpc_advertise))
+            .arg(format!("--http-advertise={}", n.spec.http))
             .arg(format!("--clock-skew-ms={skew_ms}"))
             .args(NODE_FLAGS)
             .env("RUST_LOG", "warn")

@@ -1,9 +1,11 @@
 //! The workload: concurrent clients issuing flash-sale ops and recording them.
 //!
-//! This module owns the sales a run creates ([`sales_for_run`]), the client loop (reserve,
-//! release, checkout, pay, cancel, read_sale against a few small sales with short hold
-//! TTLs, per-user limits and payment windows) and the [`Recorder`] that turns each
-//! request into a history [`Op`] with its invoke and completion times.
+//! This module owns the sales a run creates ([`sale_plan`]: several small sales with short
+//! hold TTLs and payment windows, opening in three waves so reserves keep succeeding
+//! through the run), the client loop (reserve, release, checkout, pay, cancel, waitlist
+//! joins on one sale when it is sold out, read_sale; releases and cancels are frequent so
+//! units come back) and the [`Recorder`] that turns each request into a history [`Op`]
+//! with its invoke and completion times.
 //!
 //! An `Info` mutation is retried with the same call and request id (a new op in the
 //! history) at most [`INFO_RETRIES_MAX`] times, on the next node, to settle it. Clients
@@ -31,41 +33,86 @@ pub const THINK_MS: (u64, u64) = (20, 80);
 /// Holds and orders a client remembers (oldest forgotten first).
 pub const KNOWN_MAX: usize = 16;
 /// Users per sale (per-user limits bite when they share).
-pub const USERS_PER_SALE: u64 = 5;
+pub const USERS_PER_SALE: u64 = 8;
+/// Waves in which the sales open (wave `w` opens at `w / WAVES` of the run).
+pub const WAVES: u64 = 3;
+/// Per mille of reserves sent to a sale that has not opened yet (refused, not modeled).
+pub const NOT_OPEN_PROBE_PERMILLE: u64 = 30;
+/// Per mille of a held hold's next step that is a release (the rest: checkout).
+pub const RELEASE_PERMILLE: u64 = 500;
+/// Per mille of an order's next step that is a cancel (the rest: pay).
+pub const CANCEL_PERMILLE: u64 = 500;
+/// After a `sold_out` answer a client leaves that sale alone this long …
+pub const SOLD_OUT_BACKOFF: Duration = Duration::from_millis(800);
+/// … except for this share of its picks, per mille (to probe it).
+pub const SOLD_OUT_PROBE_PERMILLE: u64 = 100;
+/// Per mille of `sold_out` / `insufficient_stock` answers on a waitlist sale followed by a
+/// waitlist join.
+pub const WAITLIST_JOIN_PERMILLE: u64 = 500;
 /// Sale price of every unit, minor units.
 pub const PRICE_MINOR: u64 = 1_000;
 pub const CURRENCY: &str = "EUR";
 
-/// The sales of a run: small stock, short TTLs; one with a payment window, one cash on
-/// delivery, one tiny.
-pub fn sales_for_run() -> Vec<SaleMeta> {
+/// One sale of a run and when it opens.
+#[derive(Debug, Clone)]
+pub struct SalePlan {
+    pub meta: SaleMeta,
+    /// Wave `0..WAVES`: opens `wave / WAVES` into the run.
+    pub wave: u64,
+    /// Clients join its waitlist when it is sold out.
+    pub waitlist: bool,
+}
+
+impl SalePlan {
+    /// Milliseconds after the run's start at which it opens.
+    pub fn opens_after_ms(&self, run_ms: u64) -> u64 {
+        run_ms * self.wave / WAVES
+    }
+}
+
+fn sale(id: &str, quantity: u32, limit: u32, ttl: u64, pay: u64) -> SaleMeta {
+    SaleMeta {
+        sale_id: id.into(),
+        quantity,
+        per_user_limit: limit,
+        hold_ttl_ms: ttl,
+        payment_window_ms: pay,
+    }
+}
+
+/// The sales of a run: small stock, short TTLs and payment windows (one cash on delivery),
+/// two per wave, and one tiny sale with waitlist joins (not judged by the linearizability
+/// checker, which does not model the waitlist).
+pub fn sale_plan() -> Vec<SalePlan> {
+    let p = |meta, wave, waitlist| SalePlan {
+        meta,
+        wave,
+        waitlist,
+    };
     vec![
-        SaleMeta {
-            sale_id: "js-a".into(),
-            quantity: 10,
-            per_user_limit: 2,
-            hold_ttl_ms: 1_500,
-            payment_window_ms: 2_000,
-        },
-        SaleMeta {
-            sale_id: "js-b".into(),
-            quantity: 8,
-            per_user_limit: 2,
-            hold_ttl_ms: 2_500,
-            payment_window_ms: 0,
-        },
-        SaleMeta {
-            sale_id: "js-c".into(),
-            quantity: 5,
-            per_user_limit: 1,
-            hold_ttl_ms: 1_000,
-            payment_window_ms: 1_500,
-        },
+        p(sale("js-a", 8, 2, 1_500, 2_000), 0, false),
+        p(sale("js-b", 6, 2, 2_500, 0), 0, false),
+        p(sale("js-w", 3, 1, 1_000, 1_500), 0, true),
+        p(sale("js-c", 5, 1, 1_000, 1_500), 1, false),
+        p(sale("js-d", 8, 2, 1_200, 1_500), 1, false),
+        p(sale("js-e", 6, 2, 2_000, 1_000), 2, false),
+        p(sale("js-f", 6, 1, 1_500, 2_000), 2, false),
     ]
+}
+
+/// The sales of a run (history metadata).
+pub fn sales_for_run() -> Vec<SaleMeta> {
+    sale_plan().into_iter().map(|p| p.meta).collect()
 }
 
 /// The `POST /v1/sales` body of a sale, open from now for an hour.
 pub fn sale_spec(s: &SaleMeta, now_ms: u64) -> Value {
+    sale_spec_from(s, now_ms.saturating_sub(60_000), now_ms)
+}
+
+/// The `POST /v1/sales` body of a sale opening at `starts_at_ms`, open for an hour after
+/// `now_ms`.
+pub fn sale_spec_from(s: &SaleMeta, starts_at_ms: u64, now_ms: u64) -> Value {
     json!({
         "id": s.sale_id,
         "product": {"sku": format!("sku-{}", s.sale_id), "name": "Jepsen widget"},
@@ -73,7 +120,7 @@ pub fn sale_spec(s: &SaleMeta, now_ms: u64) -> Value {
         "sale_price_minor": PRICE_MINOR,
         "currency": CURRENCY,
         "quantity": s.quantity,
-        "starts_at_ms": now_ms.saturating_sub(60_000),
+        "starts_at_ms": starts_at_ms,
         "ends_at_ms": now_ms + 3_600_000,
         "per_user_limit": s.per_user_limit,
         "hold_ttl_ms": s.hold_ttl_ms,
@@ -143,10 +190,15 @@ pub struct Worker {
     pub nodes: Vec<String>,
     pub node_ix: usize,
     pub rng: Rng,
-    pub sales: Vec<SaleMeta>,
+    pub sales: Vec<SalePlan>,
     pub client: Client,
     pub rec: Arc<Recorder>,
     pub deadline: Instant,
+    /// The run's start and length (sales open in waves over it).
+    pub start: Instant,
+    pub run_ms: u64,
+    /// Sales this client saw sold out, and until when it leaves them alone.
+    sold_out_until: std::collections::BTreeMap<String, Instant>,
     seq: u64,
     holds: Vec<KnownHold>,
     orders: Vec<KnownOrder>,
@@ -313,11 +365,14 @@ impl Worker {
         nodes: Vec<String>,
         node_ix: usize,
         rng: Rng,
-        sales: Vec<SaleMeta>,
+        sales: Vec<SalePlan>,
         client: Client,
         rec: Arc<Recorder>,
+        start: Instant,
         deadline: Instant,
     ) -> Worker {
+        let run_ms = u64::try_from(deadline.saturating_duration_since(start).as_millis())
+            .unwrap_or(u64::MAX);
         Worker {
             process,
             nodes,
@@ -327,6 +382,9 @@ impl Worker {
             client,
             rec,
             deadline,
+            start,
+            run_ms,
+            sold_out_until: std::collections::BTreeMap::new(),
             seq: 0,
             holds: Vec::new(),
             orders: Vec::new(),
@@ -425,13 +483,41 @@ impl Worker {
         }
     }
 
+    /// A sale that is open now and not seen sold out lately (rarely one that is not, to
+    /// probe the refusal), and whether a reserve should rather be a read: every open sale
+    /// is backed off, or none is open yet.
+    fn pick_sale(&mut self) -> Option<(SalePlan, bool)> {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let probe = self.rng.below(1_000) < SOLD_OUT_PROBE_PERMILLE;
+        let t = Instant::now();
+        let open: Vec<&SalePlan> = self
+            .sales
+            .iter()
+            .filter(|s| s.opens_after_ms(self.run_ms) <= now)
+            .filter(|s| {
+                probe
+                    || self
+                        .sold_out_until
+                        .get(&s.meta.sale_id)
+                        .is_none_or(|u| *u <= t)
+            })
+            .collect();
+        let any_probe = self.rng.below(1_000) < NOT_OPEN_PROBE_PERMILLE;
+        if open.is_empty() || any_probe {
+            return self
+                .sales
+                .get(self.rng.below(self.sales.len() as u64) as usize)
+                .map(|s| (s.clone(), !any_probe));
+        }
+        open.get(self.rng.below(open.len() as u64) as usize)
+            .map(|s| ((*s).clone(), false))
+    }
+
     async fn step(&mut self) -> Option<()> {
         let roll = self.rng.below(100);
-        let sale = self
-            .sales
-            .get(self.rng.below(self.sales.len() as u64) as usize)?
-            .clone();
-        if roll < 20 {
+        let (plan, read_instead) = self.pick_sale()?;
+        let sale = plan.meta.clone();
+        if roll < 15 || (roll >= 60 && read_instead) {
             let call = Call::ReadSale {
                 sale_id: sale.sale_id,
                 linearizable: true,
@@ -442,7 +528,7 @@ impl Worker {
         if roll < 45 && !self.holds.is_empty() {
             let i = self.rng.below(self.holds.len() as u64) as usize;
             let h = self.holds.remove(i);
-            let release = self.rng.below(4) == 0;
+            let release = self.rng.below(1_000) < RELEASE_PERMILLE;
             let rid = self.request_id();
             let call = if release {
                 Call::Release {
@@ -482,7 +568,7 @@ impl Worker {
             let i = self.rng.below(self.orders.len() as u64) as usize;
             let o = self.orders.remove(i);
             let rid = self.request_id();
-            let call = if self.rng.below(4) == 0 {
+            let call = if self.rng.below(1_000) < CANCEL_PERMILLE {
                 Call::Cancel {
                     sale_id: o.sale,
                     user_id: o.user,
@@ -510,15 +596,35 @@ impl Worker {
             qty,
             request_id: rid,
         };
-        if let Outcome::Ok {
-            value: OkValue::Held { hold_id, .. },
-        } = self.run_call(call).await?
-        {
-            self.remember_hold(KnownHold {
-                sale: sale.sale_id,
-                user,
-                hold_id,
-            });
+        match self.run_call(call).await? {
+            Outcome::Ok {
+                value: OkValue::Held { hold_id, .. },
+            } => {
+                self.remember_hold(KnownHold {
+                    sale: sale.sale_id,
+                    user,
+                    hold_id,
+                });
+            }
+            Outcome::Fail { code, .. } if code == "sold_out" && !plan.waitlist => {
+                self.sold_out_until
+                    .insert(sale.sale_id, Instant::now() + SOLD_OUT_BACKOFF);
+            }
+            Outcome::Fail { code, .. }
+                if plan.waitlist
+                    && (code == "sold_out" || code == "insufficient_stock")
+                    && self.rng.below(1_000) < WAITLIST_JOIN_PERMILLE =>
+            {
+                let rid = self.request_id();
+                let call = Call::JoinWaitlist {
+                    sale_id: sale.sale_id,
+                    user_id: user,
+                    qty,
+                    request_id: rid,
+                };
+                self.run_call(call).await?;
+            }
+            _ => {}
         }
         Some(())
     }

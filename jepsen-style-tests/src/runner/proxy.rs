@@ -1,0 +1,467 @@
+//! A userspace TCP proxy in front of every node's Raft/gRPC port, for delay and loss
+//! (the kernel here has no `tc netem`).
+//!
+//! This module owns one listener per node ("the links into node `d`"): each node's Raft
+//! address in the cluster membership is its proxy listener, so every Raft message,
+//! snapshot and forwarded client write *to* node `d` (and the answers on the same
+//! connection) passes through it. A fault is set per destination node:
+//! - delay: every chunk, in each direction, is held `DELAY_MS` plus jitter before it is
+//!   written on (order kept: a chunk never overtakes the one before it);
+//! - loss: a share of new connections is refused (closed at once), and on every
+//!   [`LOSS_TICK`] each open connection is, with that share, reset (RST) or blackholed for
+//!   an interval (its bytes held, none delivered, then released).
+//!
+//! Works on loopback and on the namespace network (the listener binds the runner's address
+//! there). It must not look into the bytes, and every queue, connection count and interval
+//! is bounded by a named const. Dropping the [`Proxy`] stops every listener and connection.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::rng::Rng;
+
+/// Smallest added one-way delay of a delay fault (ms).
+pub const DELAY_MS_MIN: u64 = 20;
+/// Largest added one-way delay of a delay fault (ms).
+pub const DELAY_MS_MAX: u64 = 200;
+/// Jitter added on top of a link's delay, per chunk, uniform in `0..=` this (ms).
+pub const JITTER_MS_MAX: u64 = 40;
+/// Smallest share of a loss fault, per mille.
+pub const LOSS_PERMILLE_MIN: u64 = 100;
+/// Largest share of a loss fault, per mille.
+pub const LOSS_PERMILLE_MAX: u64 = 400;
+/// How often a lossy link rolls for each open connection.
+pub const LOSS_TICK: Duration = Duration::from_millis(250);
+/// How long a blackholed connection holds its bytes (ms, uniform).
+pub const BLACKHOLE_MS: (u64, u64) = (300, 1_500);
+/// Bytes read at once.
+const CHUNK_BYTES: usize = 16 * 1024;
+/// Chunks queued per direction of one connection (backpressure beyond).
+const CHUNKS_QUEUED_MAX: usize = 256;
+/// Open connections per destination; more are refused.
+pub const CONNS_PER_DEST_MAX: u64 = 256;
+/// Pause after a failed accept.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// Timeout of the proxy's connect to the node.
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The fault on the links into one node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LinkFault {
+    /// Added one-way delay, ms (0: none).
+    pub delay_ms: u64,
+    /// Share of connections refused / reset / blackholed per tick, per mille (0: none).
+    pub loss_permille: u64,
+}
+
+/// What the proxy did, for the report (totals since start).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ProxyStats {
+    pub accepted: u64,
+    pub refused: u64,
+    pub resets: u64,
+    pub blackholes: u64,
+    pub delayed_chunks: u64,
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    resets: AtomicU64,
+    blackholes: AtomicU64,
+    delayed_chunks: AtomicU64,
+    bytes: AtomicU64,
+}
+
+struct Dest {
+    target: SocketAddr,
+    listen: SocketAddr,
+    fault: LinkFault,
+}
+
+struct Inner {
+    dests: Mutex<BTreeMap<u64, Dest>>,
+    tasks: Mutex<Vec<AbortHandle>>,
+    counters: Counters,
+    next_conn: AtomicU64,
+    seed: u64,
+}
+
+impl Inner {
+    fn fault(&self, dest: u64) -> LinkFault {
+        self.dests
+            .lock()
+            .ok()
+            .and_then(|d| d.get(&dest).map(|x| x.fault))
+            .unwrap_or_default()
+    }
+
+    fn track(&self, h: AbortHandle) {
+        if let Ok(mut t) = self.tasks.lock() {
+            t.retain(|x| !x.is_finished());
+            t.push(h);
+        }
+    }
+}
+
+/// The proxy. Dropping it aborts every listener and connection.
+pub struct Proxy {
+    inner: Arc<Inner>,
+    rt: tokio::runtime::Handle,
+    host: String,
+}
+
+impl Proxy {
+    /// A proxy whose listeners bind `host` (an IP), run on `rt`.
+    pub fn new(rt: tokio::runtime::Handle, host: &str, seed: u64) -> Proxy {
+        Proxy {
+            inner: Arc::new(Inner {
+                dests: Mutex::new(BTreeMap::new()),
+                tasks: Mutex::new(Vec::new()),
+                counters: Counters::default(),
+                next_conn: AtomicU64::new(0),
+                seed,
+            }),
+            rt,
+            host: host.to_string(),
+        }
+    }
+
+    /// Opens the listener for the links into node `dest` (real address `target`); the
+    /// address nodes must use for it.
+    pub fn add_dest(&self, dest: u64, target: SocketAddr) -> Result<SocketAddr, String> {
+        let l = std::net::TcpListener::bind((self.host.as_str(), 0))
+            .map_err(|e| format!("proxy bind {}: {e}", self.host))?;
+        l.set_nonblocking(true)
+            .map_err(|e| format!("proxy listener: {e}"))?;
+        let listen = l.local_addr().map_err(|e| format!("proxy addr: {e}"))?;
+        let open = Arc::new(AtomicU64::new(0));
+        if let Ok(mut d) = self.inner.dests.lock() {
+            d.insert(
+                dest,
+                Dest {
+                    target,
+                    listen,
+                    fault: LinkFault::default(),
+                },
+            );
+        }
+        let inner = self.inner.clone();
+        let h = self.rt.spawn(async move {
+            let Ok(l) = TcpListener::from_std(l) else {
+                return;
+            };
+            accept_loop(l, dest, target, open, inner).await;
+        });
+        self.inner.track(h.abort_handle());
+        Ok(listen)
+    }
+
+    /// The proxy address of node `dest`.
+    pub fn listen_addr(&self, dest: u64) -> Option<SocketAddr> {
+        self.inner
+            .dests
+            .lock()
+            .ok()
+            .and_then(|d| d.get(&dest).map(|x| x.listen))
+    }
+
+    /// The node address behind `dest`'s listener.
+    pub fn target(&self, dest: u64) -> Option<SocketAddr> {
+        self.inner
+            .dests
+            .lock()
+            .ok()
+            .and_then(|d| d.get(&dest).map(|x| x.target))
+    }
+
+    /// Sets the fault on the links into each of `dests`.
+    pub fn set_fault(&self, dests: &[u64], f: LinkFault) {
+        if let Ok(mut d) = self.inner.dests.lock() {
+            for id in dests {
+                if let Some(x) = d.get_mut(id) {
+                    x.fault = f;
+                }
+            }
+        }
+    }
+
+    /// Clears every fault.
+    pub fn heal(&self) {
+        if let Ok(mut d) = self.inner.dests.lock() {
+            for x in d.values_mut() {
+                x.fault = LinkFault::default();
+            }
+        }
+    }
+
+    /// Whether any link is faulty now.
+    pub fn faulty(&self) -> bool {
+        self.inner
+            .dests
+            .lock()
+            .map(|d| d.values().any(|x| x.fault != LinkFault::default()))
+            .unwrap_or(false)
+    }
+
+    pub fn stats(&self) -> ProxyStats {
+        let c = &self.inner.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ProxyStats {
+            accepted: g(&c.accepted),
+            refused: g(&c.refused),
+            resets: g(&c.resets),
+            blackholes: g(&c.blackholes),
+            delayed_chunks: g(&c.delayed_chunks),
+            bytes: g(&c.bytes),
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Ok(t) = self.inner.tasks.lock() {
+            for h in t.iter() {
+                h.abort();
+            }
+        }
+    }
+}
+
+fn reset(s: &TcpStream) {
+    let _ = s.set_zero_linger();
+}
+
+async fn accept_loop(
+    l: TcpListener,
+    dest: u64,
+    target: SocketAddr,
+    open: Arc<AtomicU64>,
+    inner: Arc<Inner>,
+) {
+    loop {
+        let down = match l.accept().await {
+            Ok((s, _)) => s,
+            Err(_) => {
+                // Out of descriptors or similar: back off instead of spinning.
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        let conn = inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let mut rng = Rng::new(inner.seed).fork(conn);
+        let f = inner.fault(dest);
+        if open.load(Ordering::Relaxed) >= CONNS_PER_DEST_MAX
+            || (f.loss_permille > 0 && rng.below(1_000) < f.loss_permille)
+        {
+            inner.counters.refused.fetch_add(1, Ordering::Relaxed);
+            reset(&down);
+            drop(down);
+            continue;
+        }
+        inner.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        open.fetch_add(1, Ordering::Relaxed);
+        let inner2 = inner.clone();
+        let open2 = open.clone();
+        let h = tokio::spawn(async move {
+            serve(down, dest, target, rng, inner2).await;
+            open2.fetch_sub(1, Ordering::Relaxed);
+        });
+        inner.track(h.abort_handle());
+    }
+}
+
+/// When the bytes of a blackholed connection may flow again.
+type Hold = Arc<Mutex<Instant>>;
+
+async fn serve(down: TcpStream, dest: u64, target: SocketAddr, mut rng: Rng, inner: Arc<Inner>) {
+    let up = match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(target)).await
+    {
+        Ok(Ok(s)) => s,
+        _ => {
+            reset(&down);
+            return;
+        }
+    };
+    let _ = up.set_nodelay(true);
+    let _ = down.set_nodelay(true);
+    // A reset is the halves dropped with linger 0: RST both ways.
+    reset(&up);
+    reset(&down);
+    let hold: Hold = Arc::new(Mutex::new(Instant::now()));
+    let (dr, dw) = down.into_split();
+    let (ur, uw) = up.into_split();
+    let mut set = tokio::task::JoinSet::new();
+    set.spawn(pump(dr, uw, dest, hold.clone(), rng.fork(1), inner.clone()));
+    set.spawn(pump(ur, dw, dest, hold.clone(), rng.fork(2), inner.clone()));
+    let mut tick = tokio::time::interval(LOSS_TICK);
+    loop {
+        tokio::select! {
+            done = set.join_next() => {
+                if done.is_none() { return; }
+                // One direction ended: let the other drain, bounded by the tick loop.
+            }
+            _ = tick.tick() => {
+                let f = inner.fault(dest);
+                if f.loss_permille == 0 || rng.below(1_000) >= f.loss_permille {
+                    continue;
+                }
+                if rng.below(2) == 0 {
+                    inner.counters.resets.fetch_add(1, Ordering::Relaxed);
+                    set.abort_all();
+                    return;
+                }
+                inner.counters.blackholes.fetch_add(1, Ordering::Relaxed);
+                let ms = rng.between(BLACKHOLE_MS.0, BLACKHOLE_MS.1);
+                if let Ok(mut h) = hold.lock() {
+                    *h = (*h).max(Instant::now() + Duration::from_millis(ms));
+                }
+            }
+        }
+    }
+}
+
+/// One direction: read chunks, stamp each with its release time, write them in order.
+async fn pump(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    dest: u64,
+    hold: Hold,
+    mut rng: Rng,
+    inner: Arc<Inner>,
+) {
+    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(CHUNKS_QUEUED_MAX);
+    let inner2 = inner.clone();
+    let reader = async move {
+        let mut last = Instant::now();
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        loop {
+            let n = match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let f = inner2.fault(dest);
+            let mut at = Instant::now();
+            if f.delay_ms > 0 {
+                let jitter = rng.below(JITTER_MS_MAX + 1);
+                at += Duration::from_millis(f.delay_ms + jitter);
+                inner2
+                    .counters
+                    .delayed_chunks
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            at = at.max(last);
+            last = at;
+            if tx.send((at, buf[..n].to_vec())).await.is_err() {
+                break;
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((at, data)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            // A blackhole may be set (or extended) while we wait.
+            loop {
+                let until = hold.lock().map(|h| *h).unwrap_or_else(|_| Instant::now());
+                if until <= Instant::now() {
+                    break;
+                }
+                tokio::time::sleep_until(until).await;
+            }
+            if w.write_all(&data).await.is_err() {
+                break;
+            }
+            inner
+                .counters
+                .bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        let _ = w.shutdown().await;
+    };
+    tokio::join!(reader, writer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An echo server on loopback; its address.
+    async fn echo() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let a = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        a
+    }
+
+    async fn round_trip(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(msg).await?;
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).await?;
+        Ok(got)
+    }
+
+    #[tokio::test]
+    async fn bytes_pass_unchanged_and_delay_is_applied_then_healed() {
+        let target = echo().await;
+        let p = Proxy::new(tokio::runtime::Handle::current(), "127.0.0.1", 1);
+        let addr = p.add_dest(1, target).expect("listen");
+        let msg: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(round_trip(addr, &msg).await.expect("plain"), msg);
+        assert_eq!(p.stats().delayed_chunks, 0);
+
+        p.set_fault(
+            &[1],
+            LinkFault {
+                delay_ms: DELAY_MS_MIN,
+                loss_permille: 0,
+            },
+        );
+        assert!(p.faulty());
+        assert_eq!(round_trip(addr, &msg).await.expect("delayed"), msg);
+        let delayed = p.stats().delayed_chunks;
+        assert!(delayed > 0);
+
+        p.heal();
+        assert!(!p.faulty());
+        assert_eq!(round_trip(addr, &msg).await.expect("healed"), msg);
+        assert_eq!(p.stats().delayed_chunks, delayed);
+    }
+
+    #[tokio::test]
+    async fn full_loss_refuses_new_connections() {
+        let target = echo().await;
+        let p = Proxy::new(tokio::runtime::Handle::current(), "127.0.0.1", 2);
+        let addr = p.add_dest(1, target).expect("listen");
+        p.set_fault(
+            &[1],
+            LinkFault {
+                delay_ms: 0,
+                loss_permille: 1_000,
+            },
+        );
+        assert!(round_trip(addr, b"hello").await.is_err());
+        assert!(p.stats().refused >= 1);
+        p.heal();
+        assert_eq!(round_trip(addr, b"hello").await.expect("healed"), b"hello");
+    }
+}
