@@ -91,6 +91,14 @@ fn kill_leader_once_real_run_is_valid() {
     }
 }
 
+/// A kept output directory for one test (histories and reports stay for reading after a
+/// failure): `$CARGO_TARGET_TMPDIR/<name>-<pid>`.
+fn out_dir(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("output dir");
+    d
+}
+
 fn cfg(seed: u64, secs: u64, nemesis: Vec<FaultKind>, out: &Path) -> RunConfig {
     RunConfig {
         seed,
@@ -127,14 +135,9 @@ fn assert_no_violation(r: &stockade_jepsen::runner::run::RunResult) {
 
 #[test]
 fn delay_and_loss_through_the_proxy_take_effect_and_stay_valid() {
-    let out = tempfile::tempdir().expect("temp dir");
-    let r = run(&cfg(
-        7,
-        16,
-        vec![FaultKind::Delay, FaultKind::Loss],
-        out.path(),
-    ))
-    .expect("the run completes");
+    let out = out_dir("proxy");
+    let r =
+        run(&cfg(7, 16, vec![FaultKind::Delay, FaultKind::Loss], &out)).expect("the run completes");
     let text = r.report.to_text();
     assert!(!r.faults.is_empty(), "{text}");
     assert!(
@@ -147,12 +150,12 @@ fn delay_and_loss_through_the_proxy_take_effect_and_stay_valid() {
 
 #[test]
 fn membership_add_and_remove_under_load_take_effect_and_stay_valid() {
-    let out = tempfile::tempdir().expect("temp dir");
+    let out = out_dir("membership");
     let r = run(&cfg(
         11,
         20,
         vec![FaultKind::MemberAdd, FaultKind::MemberRemove],
-        out.path(),
+        &out,
     ))
     .expect("the run completes");
     assert!(!r.faults.is_empty());
@@ -194,12 +197,12 @@ fn partitions_in_namespaces_take_effect_heal_and_leave_nothing_behind() {
     if !netns_usable() {
         return;
     }
-    let out = tempfile::tempdir().expect("temp dir");
+    let out = out_dir("partition");
     let mut c = cfg(
         5,
         18,
         vec![FaultKind::PartitionLeader, FaultKind::PartitionHalves],
-        out.path(),
+        &out,
     );
     c.backend = Backend::Netns;
     let r = run(&c).expect("the run completes");
