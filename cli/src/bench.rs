@@ -12,6 +12,7 @@
 //! It sends traffic only to the endpoints it was given.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,14 +53,25 @@ pub const GRPC_CHANNELS_MAX: usize = 16;
 /// Largest latency recorded, microseconds (longer ones are clamped).
 const LATENCY_US_MAX: u64 = 60 * 1_000_000;
 
-/// The outcome of one request, whatever the protocol.
+/// The outcome of one request, whatever the system or protocol.
 #[derive(Debug)]
-enum Outcome<T> {
+pub enum Outcome<T> {
     Ok(T),
-    /// The server refused, with its code.
+    /// The system refused, with its code (e.g. `sold_out`).
     Rejected(String),
     /// No decision: 503/429/timeout/connection. `code` is the server's if it gave one.
     Transient(String),
+}
+
+impl<T> Outcome<T> {
+    /// The same outcome with its value mapped.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Outcome<U> {
+        match self {
+            Outcome::Ok(v) => Outcome::Ok(f(v)),
+            Outcome::Rejected(c) => Outcome::Rejected(c),
+            Outcome::Transient(c) => Outcome::Transient(c),
+        }
+    }
 }
 
 /// Codes after which neither a user nor a bot tries again.
@@ -79,236 +91,185 @@ pub fn is_bot(i: u64, share: f64) -> bool {
     (i.wrapping_mul(7919) % 1000) < per_mille
 }
 
-enum Transport {
-    Http(Arc<Client>),
-    Grpc(Vec<StockadeClient<Channel>>),
+/// A granted hold.
+pub struct Granted<H> {
+    pub hold: H,
+    pub qty: u32,
 }
 
-struct Grant {
-    hold_id: u64,
-    qty: u32,
+/// An order made from a hold at checkout.
+pub struct Ordered<O> {
+    pub order: O,
+    /// False when checkout confirmed the order at once (cash on delivery).
+    pub awaiting_payment: bool,
 }
 
-struct OrderInfo {
-    order_id: u64,
-    amount_minor: u64,
-    currency: String,
-    status: String,
-}
-
-fn grpc_outcome<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Outcome<T> {
-    match r {
-        Ok(v) => Outcome::Ok(v.into_inner()),
-        Err(s) => {
-            let code = s
-                .metadata()
-                .get("x-stockade-code")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            match (code, s.code()) {
-                (Some(c), tonic::Code::Unavailable | tonic::Code::ResourceExhausted) => {
-                    Outcome::Transient(c)
-                }
-                (Some(c), _) => Outcome::Rejected(c),
-                (None, tonic::Code::DeadlineExceeded) => Outcome::Transient("timeout".into()),
-                (None, _) => Outcome::Transient("transport".into()),
-            }
-        }
-    }
-}
-
-impl Transport {
-    fn len(&self) -> usize {
-        match self {
-            Transport::Http(c) => c.endpoints().len(),
-            Transport::Grpc(v) => v.len(),
-        }
-    }
-
-    async fn http<B: Serialize, T: serde::de::DeserializeOwned>(
-        c: &Client,
+/// One system under load: the flash-crowd engine drives it through this, whatever it is
+/// (Stockade over HTTP or gRPC, or a peer such as Redis or PostgreSQL). `idx` names the
+/// endpoint (node, member, connection) a worker talks to, in `0..endpoints()`; after a
+/// transient failure the engine moves on to the next one and retries with the same
+/// request id.
+pub trait Target: Send + Sync + 'static {
+    type Hold: Send + Sync + 'static;
+    type Order: Send + Sync + 'static;
+    fn endpoints(&self) -> usize;
+    fn reserve(
+        &self,
         idx: usize,
-        path: &str,
-        body: &B,
-    ) -> Outcome<T> {
-        match c.attempt(idx, Method::POST, path, Some(body)).await {
-            Attempt::Ok(resp) => match resp.json::<T>().await {
-                Ok(v) => Outcome::Ok(v),
-                Err(_) => Outcome::Transient("bad_response".into()),
-            },
-            Attempt::Rejected { code, .. } => Outcome::Rejected(code),
-            Attempt::Unavailable { code, .. } => Outcome::Transient(code),
-            Attempt::Transport(_) => Outcome::Transient("transport".into()),
-        }
-    }
+        user: &str,
+        rid: &str,
+    ) -> impl Future<Output = Outcome<Granted<Self::Hold>>> + Send;
+    fn checkout(
+        &self,
+        idx: usize,
+        hold: &Self::Hold,
+        user: &str,
+        rid: &str,
+    ) -> impl Future<Output = Outcome<Ordered<Self::Order>>> + Send;
+    fn pay(
+        &self,
+        idx: usize,
+        order: &Self::Order,
+        user: &str,
+        rid: &str,
+    ) -> impl Future<Output = Outcome<()>> + Send;
+    fn release(
+        &self,
+        idx: usize,
+        hold: &Self::Hold,
+        user: &str,
+        rid: &str,
+    ) -> impl Future<Output = Outcome<()>> + Send;
+}
 
-    async fn reserve(&self, idx: usize, sale: &str, user: &str, rid: &str) -> Outcome<Grant> {
-        match self {
-            Transport::Http(c) => {
-                let body = ReserveBody {
-                    user_id: user.to_string(),
-                    qty: 1,
-                    request_id: rid.to_string(),
-                };
-                let path = format!("/v1/sales/{}/holds", seg(sale));
-                match Self::http::<_, HoldGrantDto>(c, idx, &path, &body).await {
-                    Outcome::Ok(g) => Outcome::Ok(Grant {
-                        hold_id: g.hold_id,
-                        qty: g.qty,
-                    }),
-                    Outcome::Rejected(c) => Outcome::Rejected(c),
-                    Outcome::Transient(c) => Outcome::Transient(c),
-                }
-            }
-            Transport::Grpc(chans) => {
-                let Some(ch) = chans.get(idx) else {
-                    return Outcome::Transient("transport".into());
-                };
-                let req = pb::ReserveRequest {
-                    sale_id: sale.to_string(),
-                    user_id: user.to_string(),
-                    qty: 1,
-                    request_id: rid.to_string(),
-                };
-                match grpc_outcome(ch.clone().reserve(req).await) {
-                    Outcome::Ok(g) => Outcome::Ok(Grant {
-                        hold_id: g.hold_id,
-                        qty: g.qty,
-                    }),
-                    Outcome::Rejected(c) => Outcome::Rejected(c),
-                    Outcome::Transient(c) => Outcome::Transient(c),
-                }
-            }
-        }
-    }
+/// What a user does with a granted hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum AfterHold {
+    /// Nothing: the hold stays until it expires.
+    Keep,
+    /// Check out and pay.
+    CheckoutPay,
+    /// By user number: half check out and pay, a quarter release, a quarter keep the
+    /// hold until it expires.
+    Mix,
+}
 
-    async fn checkout(&self, idx: usize, hold: u64, user: &str, rid: &str) -> Outcome<OrderInfo> {
-        match self {
-            Transport::Http(c) => {
-                let body = UserRequestBody {
-                    user_id: user.to_string(),
-                    request_id: rid.to_string(),
-                };
-                let path = format!("/v1/holds/{hold}/checkout");
-                match Self::http::<_, OrderInfoDto>(c, idx, &path, &body).await {
-                    Outcome::Ok(o) => Outcome::Ok(OrderInfo {
-                        order_id: o.order_id,
-                        amount_minor: o.amount_minor,
-                        currency: o.currency,
-                        status: o.status,
-                    }),
-                    Outcome::Rejected(c) => Outcome::Rejected(c),
-                    Outcome::Transient(c) => Outcome::Transient(c),
-                }
-            }
-            Transport::Grpc(chans) => {
-                let Some(ch) = chans.get(idx) else {
-                    return Outcome::Transient("transport".into());
-                };
-                let req = pb::CheckoutRequest {
-                    user_id: user.to_string(),
-                    hold_id: hold,
-                    request_id: rid.to_string(),
-                };
-                match grpc_outcome(ch.clone().checkout(req).await) {
-                    Outcome::Ok(o) => Outcome::Ok(OrderInfo {
-                        order_id: o.order_id,
-                        amount_minor: o.amount_minor,
-                        currency: o.currency,
-                        status: o.status,
-                    }),
-                    Outcome::Rejected(c) => Outcome::Rejected(c),
-                    Outcome::Transient(c) => Outcome::Transient(c),
-                }
-            }
-        }
+/// What user `i` does with its hold under `plan`.
+pub fn after_hold_of(plan: AfterHold, i: u64) -> AfterHold {
+    match plan {
+        AfterHold::Mix => match i % 4 {
+            0 | 1 => AfterHold::CheckoutPay,
+            2 => AfterHold::Mix, // stands for "release" here
+            _ => AfterHold::Keep,
+        },
+        p => p,
     }
+}
 
-    async fn pay(&self, idx: usize, o: &OrderInfo, user: &str, rid: &str) -> Outcome<()> {
-        match self {
-            Transport::Http(c) => {
-                let body = PaymentBody {
-                    user_id: user.to_string(),
-                    amount_minor: o.amount_minor,
-                    currency: o.currency.clone(),
-                    payment_ref: format!("ref-{rid}"),
-                    request_id: rid.to_string(),
-                };
-                let path = format!("/v1/orders/{}/payment", o.order_id);
-                match Self::http::<_, OrderIdDto>(c, idx, &path, &body).await {
-                    Outcome::Ok(_) => Outcome::Ok(()),
-                    Outcome::Rejected(c) => Outcome::Rejected(c),
-                    Outcome::Transient(c) => Outcome::Transient(c),
-                }
-            }
-            Transport::Grpc(chans) => {
-                let Some(ch) = chans.get(idx) else {
-                    return Outcome::Transient("transport".into());
-                };
-                let req = pb::ConfirmPaymentRequest {
-                    user_id: user.to_string(),
-                    order_id: o.order_id,
-                    amount_minor: o.amount_minor,
-                    currency: o.currency.clone(),
-                    payment_ref: format!("ref-{rid}"),
-                    request_id: rid.to_string(),
-                };
-                match grpc_outcome(ch.clone().confirm_payment(req).await) {
-                    Outcome::Ok(_) => Outcome::Ok(()),
-                    Outcome::Rejected(c) => Outcome::Rejected(c),
-                    Outcome::Transient(c) => Outcome::Transient(c),
-                }
-            }
-        }
-    }
+/// How attempts arrive.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Arrival {
+    /// Each worker sends its next attempt when the previous one is done.
+    Closed,
+    /// Attempt `i` is due at `i / rate` seconds after the start; its reserve latency is
+    /// measured from that intended time, so a slow system is charged for the queue it
+    /// causes (no coordinated omission). The workers bound what is in flight.
+    Open { per_s: f64 },
+}
+
+/// One flash crowd against one sale.
+#[derive(Clone, Debug)]
+pub struct Crowd {
+    /// Distinct users (each makes one attempt unless it is a bot).
+    pub users: u64,
+    /// Share of bots (retry with new request ids until they hold a unit or it is sold out).
+    pub bots: f64,
+    /// Concurrent workers.
+    pub concurrency: usize,
+    /// Longest run.
+    pub duration_max: Duration,
+    /// Most reservation attempts.
+    pub attempts_max: u64,
+    pub after_hold: AfterHold,
+    /// Stop this long after the first `sold_out` (rejection throughput), if set.
+    pub hammer_after_sold_out: Option<Duration>,
+    pub arrival: Arrival,
+    /// Prefix of user names.
+    pub run_id: String,
 }
 
 /// What one worker saw; merged at the end.
-struct Tally {
-    attempts: u64,
-    ops: u64,
-    holds_granted: u64,
-    units_granted: u64,
-    checkouts: u64,
-    sold: u64,
-    unknown: u64,
-    users_done: u64,
-    rejections: BTreeMap<String, u64>,
-    transient: BTreeMap<String, u64>,
-    latency_us: Histogram<u64>,
+pub struct Tally {
+    pub attempts: u64,
+    /// Requests sent (every try of every operation).
+    pub ops: u64,
+    pub holds_granted: u64,
+    pub units_granted: u64,
+    /// Attempts refused `sold_out`, and every refusal by code.
+    pub sold_out: u64,
+    pub checkouts: u64,
+    pub sold: u64,
+    pub released: u64,
+    /// Holds left to expire.
+    pub left_to_expire: u64,
+    pub unknown: u64,
+    pub users_done: u64,
+    pub rejections: BTreeMap<String, u64>,
+    pub transient: BTreeMap<String, u64>,
+    /// Every request, microseconds.
+    pub latency_us: Histogram<u64>,
+    /// Reservation attempts to their outcome (retries included), microseconds; in open
+    /// loop from the intended send time.
+    pub reserve_us: Histogram<u64>,
+}
+
+fn histogram() -> Result<Histogram<u64>, CliError> {
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
+        .map_err(|e| CliError::Bench(format!("histogram: {e}")))
+}
+
+fn us_since(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_micros())
+        .unwrap_or(LATENCY_US_MAX)
+        .clamp(1, LATENCY_US_MAX)
 }
 
 impl Tally {
-    fn new() -> Result<Self, CliError> {
+    pub fn new() -> Result<Self, CliError> {
         Ok(Tally {
             attempts: 0,
             ops: 0,
             holds_granted: 0,
             units_granted: 0,
+            sold_out: 0,
             checkouts: 0,
             sold: 0,
+            released: 0,
+            left_to_expire: 0,
             unknown: 0,
             users_done: 0,
             rejections: BTreeMap::new(),
             transient: BTreeMap::new(),
-            latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
-                .map_err(|e| CliError::Bench(format!("histogram: {e}")))?,
+            latency_us: histogram()?,
+            reserve_us: histogram()?,
         })
     }
 
     fn record(&mut self, started: Instant) {
         self.ops += 1;
-        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(LATENCY_US_MAX);
-        let _ = self.latency_us.record(us.clamp(1, LATENCY_US_MAX));
+        let _ = self.latency_us.record(us_since(started));
     }
 
-    fn merge(&mut self, o: Tally) {
+    pub fn merge(&mut self, o: Tally) {
         self.attempts += o.attempts;
         self.ops += o.ops;
         self.holds_granted += o.holds_granted;
         self.units_granted += o.units_granted;
+        self.sold_out += o.sold_out;
         self.checkouts += o.checkouts;
         self.sold += o.sold;
+        self.released += o.released;
+        self.left_to_expire += o.left_to_expire;
         self.unknown += o.unknown;
         self.users_done += o.users_done;
         for (k, v) in o.rejections {
@@ -318,37 +279,50 @@ impl Tally {
             *self.transient.entry(k).or_default() += v;
         }
         let _ = self.latency_us.add(&o.latency_us);
+        let _ = self.reserve_us.add(&o.reserve_us);
     }
+}
+
+/// Progress of a running crowd, readable while it runs.
+pub struct Progress {
+    pub next_user: AtomicU64,
+    pub attempts: AtomicU64,
+    pub granted: AtomicU64,
 }
 
 /// Shared progress and stop signals.
 struct Shared {
-    next_user: AtomicU64,
-    attempts: AtomicU64,
-    granted: AtomicU64,
+    crowd: Crowd,
+    progress: Arc<Progress>,
     stop: AtomicBool,
-    sold_out_at_ms: Mutex<Option<u64>>,
+    /// First `sold_out`: milliseconds after the start, and units granted by then.
+    sold_out_at_ms: Mutex<Option<(u64, u64)>>,
+    /// Milliseconds after the start at which workers stop.
+    stop_at_ms: AtomicU64,
     started: Instant,
-    deadline: Instant,
-    attempts_max: u64,
-    users: u64,
-    bots: f64,
-    checkout_pay: bool,
-    sale: String,
-    run_id: String,
 }
 
 impl Shared {
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn out_of_budget(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
-            || Instant::now() >= self.deadline
-            || self.attempts.load(Ordering::Relaxed) >= self.attempts_max
+            || self.elapsed_ms() >= self.stop_at_ms.load(Ordering::Relaxed)
+            || self.progress.attempts.load(Ordering::Relaxed) >= self.crowd.attempts_max
     }
 
     fn saw_sold_out(&self) {
         if let Ok(mut g) = self.sold_out_at_ms.lock() {
             if g.is_none() {
-                *g = Some(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX));
+                let now = self.elapsed_ms();
+                *g = Some((now, self.progress.granted.load(Ordering::Relaxed)));
+                if let Some(h) = self.crowd.hammer_after_sold_out {
+                    let h = u64::try_from(h.as_millis()).unwrap_or(u64::MAX);
+                    self.stop_at_ms
+                        .fetch_min(now.saturating_add(h), Ordering::Relaxed);
+                }
             }
         }
     }
@@ -388,17 +362,29 @@ where
     }
 }
 
-async fn worker(sh: Arc<Shared>, tr: Arc<Transport>, first: usize) -> Result<Tally, CliError> {
+async fn worker<T: Target>(sh: Arc<Shared>, tr: Arc<T>, first: usize) -> Result<Tally, CliError> {
     let mut t = Tally::new()?;
-    let n = tr.len();
+    let n = tr.endpoints();
     let mut idx = first % n.max(1);
     while !sh.out_of_budget() {
-        let i = sh.next_user.fetch_add(1, Ordering::Relaxed);
-        if i >= sh.users {
+        let i = sh.progress.next_user.fetch_add(1, Ordering::Relaxed);
+        if i >= sh.crowd.users {
             break;
         }
-        let user = format!("{}-u{i}", sh.run_id);
-        let bot = is_bot(i, sh.bots);
+        let mut due = None;
+        if let Arrival::Open { per_s } = sh.crowd.arrival {
+            let at = sh.started + Duration::from_secs_f64(i as f64 / per_s.max(f64::MIN_POSITIVE));
+            if at > sh.started + sh.crowd.duration_max {
+                break;
+            }
+            tokio::time::sleep_until(at.into()).await;
+            due = Some(at);
+            if sh.out_of_budget() {
+                break;
+            }
+        }
+        let user = format!("{}-u{i}", sh.crowd.run_id);
+        let bot = is_bot(i, sh.crowd.bots);
         let mut bot_attempts = 0u32;
         loop {
             if sh.out_of_budget() {
@@ -406,27 +392,37 @@ async fn worker(sh: Arc<Shared>, tr: Arc<Transport>, first: usize) -> Result<Tal
             }
             bot_attempts += 1;
             t.attempts += 1;
-            sh.attempts.fetch_add(1, Ordering::Relaxed);
+            sh.progress.attempts.fetch_add(1, Ordering::Relaxed);
             let rid = new_request_id("b");
-            let sale = sh.sale.as_str();
+            let began = due.take().unwrap_or_else(Instant::now);
             let o = with_retries(&sh, &mut t, &mut idx, n, |k| {
                 let tr = tr.clone();
                 let (u, r) = (user.clone(), rid.clone());
-                async move { tr.reserve(k, sale, &u, &r).await }
+                async move { tr.reserve(k, &u, &r).await }
             })
             .await;
+            let _ = t.reserve_us.record(us_since(began));
             match o {
                 Outcome::Ok(g) => {
                     t.holds_granted += 1;
                     t.units_granted += u64::from(g.qty);
-                    sh.granted.fetch_add(u64::from(g.qty), Ordering::Relaxed);
-                    if sh.checkout_pay {
-                        checkout_pay(&sh, &tr, &mut t, &mut idx, n, &user, g.hold_id).await;
+                    sh.progress
+                        .granted
+                        .fetch_add(u64::from(g.qty), Ordering::Relaxed);
+                    match after_hold_of(sh.crowd.after_hold, i) {
+                        AfterHold::CheckoutPay => {
+                            checkout_pay(&sh, &tr, &mut t, &mut idx, n, &user, &g.hold).await
+                        }
+                        AfterHold::Mix => {
+                            release(&sh, &tr, &mut t, &mut idx, n, &user, &g.hold).await
+                        }
+                        AfterHold::Keep => t.left_to_expire += 1,
                     }
                     break;
                 }
                 Outcome::Rejected(code) => {
                     if code == "sold_out" {
+                        t.sold_out += 1;
                         sh.saw_sold_out();
                     }
                     let last = !bot || is_final(&code) || bot_attempts >= BOT_ATTEMPTS_MAX;
@@ -447,14 +443,39 @@ async fn worker(sh: Arc<Shared>, tr: Arc<Transport>, first: usize) -> Result<Tal
     Ok(t)
 }
 
-async fn checkout_pay(
+async fn release<T: Target>(
     sh: &Shared,
-    tr: &Arc<Transport>,
+    tr: &Arc<T>,
     t: &mut Tally,
     idx: &mut usize,
     n: usize,
     user: &str,
-    hold: u64,
+    hold: &T::Hold,
+) {
+    let rid = new_request_id("r");
+    let o = with_retries(sh, t, idx, n, |k| {
+        let tr = tr.clone();
+        let (u, r) = (user.to_string(), rid.clone());
+        async move { tr.release(k, hold, &u, &r).await }
+    })
+    .await;
+    match o {
+        Outcome::Ok(()) => t.released += 1,
+        Outcome::Rejected(code) => {
+            *t.rejections.entry(format!("release:{code}")).or_default() += 1;
+        }
+        Outcome::Transient(_) => {}
+    }
+}
+
+async fn checkout_pay<T: Target>(
+    sh: &Shared,
+    tr: &Arc<T>,
+    t: &mut Tally,
+    idx: &mut usize,
+    n: usize,
+    user: &str,
+    hold: &T::Hold,
 ) {
     let rid = new_request_id("c");
     let o = with_retries(sh, t, idx, n, |k| {
@@ -472,7 +493,7 @@ async fn checkout_pay(
         Outcome::Transient(_) => return,
     };
     t.checkouts += 1;
-    if order.status != "awaiting_payment" {
+    if !order.awaiting_payment {
         // Cash on delivery: confirmed at checkout.
         t.sold += 1;
         return;
@@ -481,13 +502,8 @@ async fn checkout_pay(
     let o = with_retries(sh, t, idx, n, |k| {
         let tr = tr.clone();
         let (u, r) = (user.to_string(), rid.clone());
-        let order = OrderInfo {
-            order_id: order.order_id,
-            amount_minor: order.amount_minor,
-            currency: order.currency.clone(),
-            status: order.status.clone(),
-        };
-        async move { tr.pay(k, &order, &u, &r).await }
+        let order = &order.order;
+        async move { tr.pay(k, order, &u, &r).await }
     })
     .await;
     match o {
@@ -496,6 +512,293 @@ async fn checkout_pay(
             *t.rejections.entry(format!("pay:{code}")).or_default() += 1;
         }
         Outcome::Transient(_) => {}
+    }
+}
+
+/// What a crowd came to.
+pub struct CrowdResult {
+    pub tally: Tally,
+    pub elapsed: Duration,
+    /// First `sold_out` refusal, milliseconds after the start.
+    pub sold_out_at_ms: Option<u64>,
+    /// Units granted by then.
+    pub granted_at_sold_out: Option<u64>,
+}
+
+/// A crowd ready to run: its progress can be watched while [`CrowdRun::run`] runs.
+pub struct CrowdRun {
+    sh: Arc<Shared>,
+}
+
+impl CrowdRun {
+    pub fn new(crowd: Crowd) -> Self {
+        let stop_at = u64::try_from(crowd.duration_max.as_millis()).unwrap_or(u64::MAX);
+        CrowdRun {
+            sh: Arc::new(Shared {
+                crowd,
+                progress: Arc::new(Progress {
+                    next_user: AtomicU64::new(0),
+                    attempts: AtomicU64::new(0),
+                    granted: AtomicU64::new(0),
+                }),
+                stop: AtomicBool::new(false),
+                sold_out_at_ms: Mutex::new(None),
+                stop_at_ms: AtomicU64::new(stop_at),
+                started: Instant::now(),
+            }),
+        }
+    }
+
+    pub fn progress(&self) -> Arc<Progress> {
+        self.sh.progress.clone()
+    }
+
+    /// Runs the crowd against `target` until every user is done or a bound is reached.
+    pub async fn run<T: Target>(self, target: Arc<T>) -> Result<CrowdResult, CliError> {
+        // The clock starts now, not at construction.
+        let sh = Arc::new(Shared {
+            crowd: self.sh.crowd.clone(),
+            progress: self.sh.progress.clone(),
+            stop: AtomicBool::new(false),
+            sold_out_at_ms: Mutex::new(None),
+            stop_at_ms: AtomicU64::new(self.sh.stop_at_ms.load(Ordering::Relaxed)),
+            started: Instant::now(),
+        });
+        let workers: Vec<_> = (0..sh.crowd.concurrency)
+            .map(|w| tokio::spawn(worker(sh.clone(), target.clone(), w)))
+            .collect();
+        let mut total = Tally::new()?;
+        let mut failure = None;
+        for w in workers {
+            match w.await {
+                Ok(Ok(t)) => total.merge(t),
+                Ok(Err(e)) => failure = Some(e),
+                Err(e) => failure = Some(CliError::Bench(format!("a worker failed: {e}"))),
+            }
+        }
+        sh.stop.store(true, Ordering::Relaxed);
+        let elapsed = sh.started.elapsed();
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let first = sh.sold_out_at_ms.lock().ok().and_then(|g| *g);
+        Ok(CrowdResult {
+            tally: total,
+            elapsed,
+            sold_out_at_ms: first.map(|f| f.0),
+            granted_at_sold_out: first.map(|f| f.1),
+        })
+    }
+}
+
+/// Stockade over HTTP or gRPC: the target of `stockctl bench`.
+pub enum Transport {
+    Http(Arc<Client>),
+    Grpc(Vec<StockadeClient<Channel>>),
+}
+
+/// Stockade's order, as the bench needs it for payment.
+pub struct OrderInfo {
+    order_id: u64,
+    amount_minor: u64,
+    currency: String,
+}
+
+fn grpc_outcome<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Outcome<T> {
+    match r {
+        Ok(v) => Outcome::Ok(v.into_inner()),
+        Err(s) => {
+            let code = s
+                .metadata()
+                .get("x-stockade-code")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            match (code, s.code()) {
+                (Some(c), tonic::Code::Unavailable | tonic::Code::ResourceExhausted) => {
+                    Outcome::Transient(c)
+                }
+                (Some(c), _) => Outcome::Rejected(c),
+                (None, tonic::Code::DeadlineExceeded) => Outcome::Transient("timeout".into()),
+                (None, _) => Outcome::Transient("transport".into()),
+            }
+        }
+    }
+}
+
+/// The sale a Stockade [`Transport`] reserves from.
+pub struct StockadeTarget {
+    pub transport: Transport,
+    pub sale: String,
+}
+
+impl StockadeTarget {
+    async fn http<B: Serialize, T: serde::de::DeserializeOwned>(
+        c: &Client,
+        idx: usize,
+        path: &str,
+        body: &B,
+    ) -> Outcome<T> {
+        match c.attempt(idx, Method::POST, path, Some(body)).await {
+            Attempt::Ok(resp) => match resp.json::<T>().await {
+                Ok(v) => Outcome::Ok(v),
+                Err(_) => Outcome::Transient("bad_response".into()),
+            },
+            Attempt::Rejected { code, .. } => Outcome::Rejected(code),
+            Attempt::Unavailable { code, .. } => Outcome::Transient(code),
+            Attempt::Transport(_) => Outcome::Transient("transport".into()),
+        }
+    }
+
+    fn chan(chans: &[StockadeClient<Channel>], idx: usize) -> Option<StockadeClient<Channel>> {
+        chans.get(idx).cloned()
+    }
+}
+
+fn ordered(order_id: u64, amount_minor: u64, currency: String, status: &str) -> Ordered<OrderInfo> {
+    Ordered {
+        order: OrderInfo {
+            order_id,
+            amount_minor,
+            currency,
+        },
+        awaiting_payment: status == "awaiting_payment",
+    }
+}
+
+impl Target for StockadeTarget {
+    type Hold = u64;
+    type Order = OrderInfo;
+
+    fn endpoints(&self) -> usize {
+        match &self.transport {
+            Transport::Http(c) => c.endpoints().len(),
+            Transport::Grpc(v) => v.len(),
+        }
+    }
+
+    async fn reserve(&self, idx: usize, user: &str, rid: &str) -> Outcome<Granted<u64>> {
+        match &self.transport {
+            Transport::Http(c) => {
+                let body = ReserveBody {
+                    user_id: user.to_string(),
+                    qty: 1,
+                    request_id: rid.to_string(),
+                };
+                let path = format!("/v1/sales/{}/holds", seg(&self.sale));
+                Self::http::<_, HoldGrantDto>(c, idx, &path, &body)
+                    .await
+                    .map(|g| Granted {
+                        hold: g.hold_id,
+                        qty: g.qty,
+                    })
+            }
+            Transport::Grpc(chans) => {
+                let Some(mut ch) = Self::chan(chans, idx) else {
+                    return Outcome::Transient("transport".into());
+                };
+                let req = pb::ReserveRequest {
+                    sale_id: self.sale.clone(),
+                    user_id: user.to_string(),
+                    qty: 1,
+                    request_id: rid.to_string(),
+                };
+                grpc_outcome(ch.reserve(req).await).map(|g| Granted {
+                    hold: g.hold_id,
+                    qty: g.qty,
+                })
+            }
+        }
+    }
+
+    async fn checkout(
+        &self,
+        idx: usize,
+        hold: &u64,
+        user: &str,
+        rid: &str,
+    ) -> Outcome<Ordered<OrderInfo>> {
+        match &self.transport {
+            Transport::Http(c) => {
+                let body = UserRequestBody {
+                    user_id: user.to_string(),
+                    request_id: rid.to_string(),
+                };
+                let path = format!("/v1/holds/{hold}/checkout");
+                Self::http::<_, OrderInfoDto>(c, idx, &path, &body)
+                    .await
+                    .map(|o| ordered(o.order_id, o.amount_minor, o.currency, &o.status))
+            }
+            Transport::Grpc(chans) => {
+                let Some(mut ch) = Self::chan(chans, idx) else {
+                    return Outcome::Transient("transport".into());
+                };
+                let req = pb::CheckoutRequest {
+                    user_id: user.to_string(),
+                    hold_id: *hold,
+                    request_id: rid.to_string(),
+                };
+                grpc_outcome(ch.checkout(req).await)
+                    .map(|o| ordered(o.order_id, o.amount_minor, o.currency, &o.status))
+            }
+        }
+    }
+
+    async fn pay(&self, idx: usize, o: &OrderInfo, user: &str, rid: &str) -> Outcome<()> {
+        match &self.transport {
+            Transport::Http(c) => {
+                let body = PaymentBody {
+                    user_id: user.to_string(),
+                    amount_minor: o.amount_minor,
+                    currency: o.currency.clone(),
+                    payment_ref: format!("ref-{rid}"),
+                    request_id: rid.to_string(),
+                };
+                let path = format!("/v1/orders/{}/payment", o.order_id);
+                Self::http::<_, OrderIdDto>(c, idx, &path, &body)
+                    .await
+                    .map(|_| ())
+            }
+            Transport::Grpc(chans) => {
+                let Some(mut ch) = Self::chan(chans, idx) else {
+                    return Outcome::Transient("transport".into());
+                };
+                let req = pb::ConfirmPaymentRequest {
+                    user_id: user.to_string(),
+                    order_id: o.order_id,
+                    amount_minor: o.amount_minor,
+                    currency: o.currency.clone(),
+                    payment_ref: format!("ref-{rid}"),
+                    request_id: rid.to_string(),
+                };
+                grpc_outcome(ch.confirm_payment(req).await).map(|_| ())
+            }
+        }
+    }
+
+    async fn release(&self, idx: usize, hold: &u64, user: &str, rid: &str) -> Outcome<()> {
+        match &self.transport {
+            Transport::Http(c) => {
+                let body = UserRequestBody {
+                    user_id: user.to_string(),
+                    request_id: rid.to_string(),
+                };
+                let path = format!("/v1/holds/{hold}/release");
+                Self::http::<_, serde_json::Value>(c, idx, &path, &body)
+                    .await
+                    .map(|_| ())
+            }
+            Transport::Grpc(chans) => {
+                let Some(mut ch) = Self::chan(chans, idx) else {
+                    return Outcome::Transient("transport".into());
+                };
+                let req = pb::ReleaseRequest {
+                    user_id: user.to_string(),
+                    hold_id: *hold,
+                    request_id: rid.to_string(),
+                };
+                grpc_outcome(ch.release(req).await).map(|_| ())
+            }
+        }
     }
 }
 
@@ -638,9 +941,23 @@ async fn grpc_transport(
     } else {
         addrs = a.grpc_endpoints.clone();
     }
+    Ok(Transport::Grpc(grpc_clients(
+        &addrs,
+        a.concurrency,
+        cfg.timeout,
+    )?))
+}
+
+/// gRPC clients: `concurrency` (at most [`GRPC_CHANNELS_MAX`]) lazily connected channels
+/// spread over `addrs` (`host:port` or a URL).
+pub fn grpc_clients(
+    addrs: &[String],
+    concurrency: usize,
+    timeout: Duration,
+) -> Result<Vec<StockadeClient<Channel>>, CliError> {
     let mut chans = Vec::new();
-    let per = (a.concurrency.min(GRPC_CHANNELS_MAX) / addrs.len().max(1)).max(1);
-    for addr in &addrs {
+    let per = (concurrency.min(GRPC_CHANNELS_MAX) / addrs.len().max(1)).max(1);
+    for addr in addrs {
         let url = if addr.contains("://") {
             addr.clone()
         } else {
@@ -651,13 +968,13 @@ async fn grpc_transport(
                 .map_err(|e| {
                     CliError::Usage(crate::args::UsageError::Invalid(format!("{addr}: {e}")))
                 })?
-                .timeout(cfg.timeout)
-                .connect_timeout(cfg.timeout)
+                .timeout(timeout)
+                .connect_timeout(timeout)
                 .tcp_nodelay(true);
             chans.push(StockadeClient::new(ep.connect_lazy()));
         }
     }
-    Ok(Transport::Grpc(chans))
+    Ok(chans)
 }
 
 pub async fn run(client: Arc<Client>, cfg: &Config, a: BenchArgs) -> Result<(), CliError> {
@@ -694,26 +1011,30 @@ pub async fn run(client: Arc<Client>, cfg: &Config, a: BenchArgs) -> Result<(), 
     };
     let sale_path = format!("/v1/sales/{}", seg(&sale_id));
     let before: SaleDto = client.get(&sale_path).await?.value;
-    let transport = Arc::new(match a.protocol {
+    let transport = match a.protocol {
         Protocol::Http => Transport::Http(client.clone()),
         Protocol::Grpc => grpc_transport(&client, cfg, &a).await?,
+    };
+    let target = Arc::new(StockadeTarget {
+        transport,
+        sale: sale_id.clone(),
     });
-    let started = Instant::now();
-    let sh = Arc::new(Shared {
-        next_user: AtomicU64::new(0),
-        attempts: AtomicU64::new(0),
-        granted: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-        sold_out_at_ms: Mutex::new(None),
-        started,
-        deadline: started + Duration::from_secs(a.duration_max),
-        attempts_max: a.attempts_max.unwrap_or(u64::MAX),
+    let crowd = CrowdRun::new(Crowd {
         users: a.users,
         bots: a.bots,
-        checkout_pay: a.checkout_pay,
-        sale: sale_id.clone(),
+        concurrency: a.concurrency,
+        duration_max: Duration::from_secs(a.duration_max),
+        attempts_max: a.attempts_max.unwrap_or(u64::MAX),
+        after_hold: if a.checkout_pay {
+            AfterHold::CheckoutPay
+        } else {
+            AfterHold::Keep
+        },
+        hammer_after_sold_out: None,
+        arrival: Arrival::Closed,
         run_id,
     });
+    let progress = crowd.progress();
 
     let bar = if !a.no_progress && std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(a.users);
@@ -727,51 +1048,41 @@ pub async fn run(client: Arc<Client>, cfg: &Config, a: BenchArgs) -> Result<(), 
         None
     };
     let ticker = bar.clone().map(|b| {
-        let sh = sh.clone();
+        let p = progress.clone();
+        let users = a.users;
         tokio::spawn(async move {
             loop {
-                let done = sh.next_user.load(Ordering::Relaxed).min(sh.users);
+                let done = p.next_user.load(Ordering::Relaxed).min(users);
                 b.set_position(done);
                 b.set_message(format!(
                     "{} attempts, {} granted",
-                    sh.attempts.load(Ordering::Relaxed),
-                    sh.granted.load(Ordering::Relaxed)
+                    p.attempts.load(Ordering::Relaxed),
+                    p.granted.load(Ordering::Relaxed)
                 ));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
     });
 
-    let workers: Vec<_> = (0..a.concurrency)
-        .map(|w| tokio::spawn(worker(sh.clone(), transport.clone(), w)))
-        .collect();
-    let mut total = Tally::new()?;
-    let mut failure = None;
-    for w in workers {
-        match w.await {
-            Ok(Ok(t)) => total.merge(t),
-            Ok(Err(e)) => failure = Some(e),
-            Err(e) => failure = Some(CliError::Bench(format!("a worker failed: {e}"))),
-        }
-    }
-    sh.stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed();
+    let result = crowd.run(target).await;
     if let Some(t) = ticker {
         t.abort();
     }
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    let CrowdResult {
+        tally: total,
+        elapsed,
+        sold_out_at_ms: sold_out,
+        ..
+    } = result?;
 
     let after: SaleDto = client.get(&sale_path).await?.value;
     let check = check(&before, &after, total.units_granted, total.unknown);
     let h = &total.latency_us;
     let ms = |us: u64| us as f64 / 1000.0;
     let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-    let sold_out = sh.sold_out_at_ms.lock().ok().and_then(|g| *g);
     let report = BenchReport {
         sale_id,
         protocol: match a.protocol {
