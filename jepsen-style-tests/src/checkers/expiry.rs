@@ -4,9 +4,13 @@
 //! happened somewhere in `[invoke, complete]` of client time; a node's clock is within
 //! `skew` of the client's. So, in run time:
 //! - `checkout_after_expiry` / `release_after_expiry`: an ok checkout or release of a hold
-//!   invoked after `expires_at + skew` (the deadline had surely passed: the state machine
-//!   rechecks it, so it must have refused);
-//! - `payment_after_deadline`: an ok payment invoked after `pay_by + skew`;
+//!   whose request was first sent after `expires_at + skew` (the deadline had surely
+//!   passed: the state machine rechecks it, so it must have refused);
+//! - `payment_after_deadline`: an ok payment first sent after `pay_by + skew`.
+//!
+//! "First sent": a retry carries the request id of the first attempt and gets its answer,
+//! so its effect may have happened during any attempt; an ok retry is judged by the
+//! earliest invoke among the ops with its `(user_id, request_id)`;
 //! - `expired_early`: a checkout or release refused with `hold_expired` that completed
 //!   before `expires_at − skew` (the deadline had surely not passed);
 //! - `payment_window_closed_early`: a `payment_window_expired` refusal completed before
@@ -64,9 +68,23 @@ pub fn check(
         }
     }
 
+    // Earliest invoke of each request (a retry's effect may be the first attempt's).
+    let mut first_sent: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for op in &history.ops {
+        if let Some(k) = op.call.client_key() {
+            let e = first_sent.entry(k).or_insert(op.invoke_ns);
+            *e = (*e).min(op.invoke_ns);
+        }
+    }
+
     for op in &history.ops {
         let sale = op.call.sale_id();
-        let invoke = i128::from(op.invoke_ns);
+        let invoke = i128::from(
+            op.call
+                .client_key()
+                .and_then(|k| first_sent.get(&k).copied())
+                .unwrap_or(op.invoke_ns),
+        );
         let complete = op.complete_ns.map(i128::from);
         let deadline = match &op.call {
             Call::Checkout { hold_id, .. } | Call::Release { hold_id, .. } => {

@@ -256,6 +256,43 @@ fn a_checkout_after_expiry_is_rejected() {
 }
 
 #[test]
+fn an_ok_retry_after_expiry_of_a_checkout_first_sent_before_it_is_fine() {
+    // Found by a real partition run: the first attempt (sent before the deadline) timed
+    // out, the retry with the same request id after the deadline got the first attempt's
+    // answer. Its effect may be the first attempt's, so no violation ...
+    let mut b = HistoryBuilder::new(WALL).sale(SALE, 1, 1, 100, 0);
+    let r = b.reserve(1, SALE, "alice", 1, "r1");
+    b.ok(r, 0, 10, held(1, 1, WALL + 100));
+    let c = b.checkout(1, SALE, "alice", 1, "c1");
+    b.info(c, 50, 2_550, "503 outcome_unknown");
+    let c2 = b.checkout(1, SALE, "alice", 1, "c1");
+    b.ok(
+        c2,
+        3_000,
+        3_010,
+        checked_out(2, 1, OrderStatus::Confirmed, None),
+    );
+    assert_valid(&expiry::check(&b.build(), None, &config()));
+
+    // ... but a request whose every attempt was sent after the deadline is one.
+    let mut b = HistoryBuilder::new(WALL).sale(SALE, 1, 1, 100, 0);
+    let r = b.reserve(1, SALE, "alice", 1, "r1");
+    b.ok(r, 0, 10, held(1, 1, WALL + 100));
+    let c = b.checkout(1, SALE, "alice", 1, "c1");
+    b.info(c, 700, 2_550, "503 outcome_unknown");
+    let c2 = b.checkout(1, SALE, "alice", 1, "c1");
+    b.ok(
+        c2,
+        3_000,
+        3_010,
+        checked_out(2, 1, OrderStatus::Confirmed, None),
+    );
+    let res = expiry::check(&b.build(), None, &config());
+    assert_anomaly(&res, "checkout_after_expiry");
+    assert_eq!(res.anomalies[0].ops, vec![2]);
+}
+
+#[test]
 fn a_checkout_within_the_skew_bound_is_fine() {
     let mut b = HistoryBuilder::new(WALL).sale(SALE, 1, 1, 100, 0);
     let r = b.reserve(1, SALE, "alice", 1, "r1");
