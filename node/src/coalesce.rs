@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::cluster::NodeCluster;
 
-/// Commands in one forwarded batch.
+/// Commands in one forwarded batch, by default (`--forward-batch-max`).
 pub const FORWARD_BATCH_MAX: usize = 256;
 /// Forwarded batches in flight at once per node.
 pub const FORWARD_INFLIGHT_MAX: usize = 4;
@@ -106,11 +106,18 @@ pub struct ForwardBatcher {
     tx: mpsc::Sender<Forward>,
 }
 
+/// What [`run_forwarder`] drains: the queue and the largest batch it may send.
+pub struct ForwardQueue {
+    rx: mpsc::Receiver<Forward>,
+    batch_max: usize,
+}
+
 impl ForwardBatcher {
-    /// The queue; [`run_forwarder`] must be spawned with the receiver.
-    pub fn new() -> (ForwardBatcher, mpsc::Receiver<Forward>) {
+    /// The queue; [`run_forwarder`] must be spawned with the receiving end.
+    pub fn new(batch_max: usize) -> (ForwardBatcher, ForwardQueue) {
         let (tx, rx) = mpsc::channel(FORWARD_QUEUE_MAX);
-        (ForwardBatcher { tx }, rx)
+        let batch_max = batch_max.clamp(1, stockade_raft_store::limits::BATCH_COMMANDS_MAX);
+        (ForwardBatcher { tx }, ForwardQueue { rx, batch_max })
     }
 
     /// Forwards `cmd` to `leader` in the next batch; the answer and who served it.
@@ -132,15 +139,16 @@ impl ForwardBatcher {
 }
 
 /// Drains the forward queue: a batch is formed when an in-flight slot is free, from
-/// everything queued by then (up to `FORWARD_BATCH_MAX`), and sent to whoever leads.
-pub async fn run_forwarder(cluster: Weak<NodeCluster>, mut rx: mpsc::Receiver<Forward>) {
+/// everything queued by then (up to the batch limit), and sent to whoever leads.
+pub async fn run_forwarder(cluster: Weak<NodeCluster>, queue: ForwardQueue) {
+    let ForwardQueue { mut rx, batch_max } = queue;
     let slots = Arc::new(Semaphore::new(FORWARD_INFLIGHT_MAX));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
         let mut batch = vec![first];
-        while batch.len() < FORWARD_BATCH_MAX {
+        while batch.len() < batch_max {
             match rx.try_recv() {
                 Ok(f) => batch.push(f),
                 Err(_) => break,

@@ -78,6 +78,9 @@ pub struct Args {
     /// Log entries proposed and not yet answered.
     #[arg(long, env = "STOCKADE_INFLIGHT_ENTRIES_MAX", default_value_t = 64)]
     pub inflight_entries_max: usize,
+    /// Proposals a follower sends the leader in one forward RPC (1 = one RPC each).
+    #[arg(long, env = "STOCKADE_FORWARD_BATCH_MAX", default_value_t = crate::coalesce::FORWARD_BATCH_MAX)]
+    pub forward_batch_max: usize,
     #[arg(long, env = "STOCKADE_PROPOSE_TIMEOUT_MS", default_value_t = 5_000)]
     pub propose_timeout_ms: u64,
     #[arg(long, env = "STOCKADE_FORWARD_TIMEOUT_MS", default_value_t = 6_000)]
@@ -132,6 +135,7 @@ pub struct Config {
     pub raft: openraft::Config,
     pub batch: crate::batcher::BatchConfig,
     pub propose_queue_max: usize,
+    pub forward_batch_max: usize,
     pub propose_timeout: Duration,
     pub forward_timeout: Duration,
     pub read_timeout: Duration,
@@ -153,6 +157,8 @@ pub enum ConfigError {
     SelfNotInPeers(u64),
     #[error("--batch-max must be 1..={max}", max = BATCH_COMMANDS_MAX)]
     BatchMax,
+    #[error("--forward-batch-max must be 1..={max}", max = BATCH_COMMANDS_MAX)]
+    ForwardBatchMax,
     #[error("{0} must be greater than 0")]
     Zero(&'static str),
     #[error("invalid Raft timing: {0}")]
@@ -192,6 +198,9 @@ impl Args {
         }
         if self.batch_max == 0 || self.batch_max > BATCH_COMMANDS_MAX {
             return Err(ConfigError::BatchMax);
+        }
+        if self.forward_batch_max == 0 || self.forward_batch_max > BATCH_COMMANDS_MAX {
+            return Err(ConfigError::ForwardBatchMax);
         }
         for (name, v) in [
             ("--propose-queue-max", self.propose_queue_max as u64),
@@ -234,6 +243,7 @@ impl Args {
                 inflight_max: self.inflight_entries_max,
             },
             propose_queue_max: self.propose_queue_max,
+            forward_batch_max: self.forward_batch_max,
             propose_timeout: Duration::from_millis(self.propose_timeout_ms),
             forward_timeout: Duration::from_millis(self.forward_timeout_ms),
             read_timeout: Duration::from_millis(self.read_timeout_ms),
@@ -286,6 +296,8 @@ mod tests {
             "does not include",
         );
         bad(&["--batch-max", "0"], "--batch-max");
+        bad(&["--forward-batch-max", "0"], "--forward-batch-max");
+        bad(&["--forward-batch-max", "5000"], "--forward-batch-max");
         bad(
             &["--election-min-ms", "50", "--heartbeat-ms", "100"],
             "Raft timing",
