@@ -68,8 +68,8 @@ enum Cmd {
         /// linearizability is then unknown: the model has no waitlist).
         #[arg(long)]
         waitlist: bool,
-        /// `pr`: 6 × 20 s runs, one per fault family (kill, pause, skew, partition,
-        /// proxy, membership). `long`: every family alone and mixed, 60 s runs, 3 seeds,
+        /// `pr`: 7 × 45 s runs, one per fault family (kill, pause, skew, partition,
+        /// proxy, membership) and one mixed. `long`: every family alone and mixed, 60 s runs, 3 seeds,
         /// 5 nodes for bridge and ring. Overrides --nemesis, --nodes, --backend and
         /// --duration-s.
         #[arg(long)]
