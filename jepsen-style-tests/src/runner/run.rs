@@ -251,7 +251,7 @@ async fn run_async(cfg: &RunConfig) -> Result<RunResult, String> {
             "no leader within {FIRST_LEADER_TIMEOUT:?}; node 1 log:\n{tail}"
         ));
     }
-    let plan: Vec<SalePlan> = sale_plan()
+    let plan: Vec<SalePlan> = sale_plan(ms(cfg.duration))
         .into_iter()
         .map(|mut p| {
             p.waitlist &= cfg.waitlist;
@@ -262,7 +262,7 @@ async fn run_async(cfg: &RunConfig) -> Result<RunResult, String> {
     // Sales open in waves from the moment the clients start (creation takes a moment).
     let opens_base_ms = now_ms() + SALES_CREATE_ALLOWANCE_MS;
     for p in &plan {
-        let opens = opens_base_ms + p.opens_after_ms(ms(cfg.duration));
+        let opens = opens_base_ms + p.opens_after_ms;
         create_sale(&client, &nodes, p, opens).await?;
     }
     let wait = opens_base_ms.saturating_sub(now_ms());

@@ -1,8 +1,8 @@
 //! The workload: concurrent clients issuing flash-sale ops and recording them.
 //!
-//! This module owns the sales a run creates ([`sale_plan`]: several small sales with short
-//! hold TTLs and payment windows, opening in three waves so reserves keep succeeding
-//! through the run), the client loop (reserve, release, checkout, pay, cancel, waitlist
+//! This module owns the sales a run creates ([`sale_plan`]: small sales with short hold
+//! TTLs and payment windows, two more opening every five seconds so reserves keep
+//! succeeding through the run), the client loop (reserve, release, checkout, pay, cancel, waitlist
 //! joins on one sale when it is sold out, read_sale; releases and cancels are frequent so
 //! units come back) and the [`Recorder`] that turns each request into a history [`Op`]
 //! with its invoke and completion times.
@@ -34,8 +34,12 @@ pub const THINK_MS: (u64, u64) = (20, 80);
 pub const KNOWN_MAX: usize = 16;
 /// Users per sale (per-user limits bite when they share).
 pub const USERS_PER_SALE: u64 = 8;
-/// Waves in which the sales open (wave `w` opens at `w / WAVES` of the run).
-pub const WAVES: u64 = 3;
+/// A new wave of sales opens this often (ms).
+pub const WAVE_MS: u64 = 5_000;
+/// Most waves in one run.
+pub const WAVES_MAX: u64 = 24;
+/// Sales opening in each wave.
+pub const SALES_PER_WAVE: u8 = 2;
 /// Per mille of reserves sent to a sale that has not opened yet (refused, not modeled).
 pub const NOT_OPEN_PROBE_PERMILLE: u64 = 30;
 /// Per mille of a held hold's next step that is a release (the rest: checkout).
@@ -57,22 +61,15 @@ pub const CURRENCY: &str = "EUR";
 #[derive(Debug, Clone)]
 pub struct SalePlan {
     pub meta: SaleMeta,
-    /// Wave `0..WAVES`: opens `wave / WAVES` into the run.
-    pub wave: u64,
+    /// Milliseconds after the run's start at which it opens.
+    pub opens_after_ms: u64,
     /// Clients join its waitlist when it is sold out.
     pub waitlist: bool,
 }
 
-impl SalePlan {
-    /// Milliseconds after the run's start at which it opens.
-    pub fn opens_after_ms(&self, run_ms: u64) -> u64 {
-        run_ms * self.wave / WAVES
-    }
-}
-
-fn sale(id: &str, quantity: u32, limit: u32, ttl: u64, pay: u64) -> SaleMeta {
+fn sale(id: String, quantity: u32, limit: u32, ttl: u64, pay: u64) -> SaleMeta {
     SaleMeta {
-        sale_id: id.into(),
+        sale_id: id,
         quantity,
         per_user_limit: limit,
         hold_ttl_ms: ttl,
@@ -80,29 +77,54 @@ fn sale(id: &str, quantity: u32, limit: u32, ttl: u64, pay: u64) -> SaleMeta {
     }
 }
 
-/// The sales of a run: small stock, short TTLs and payment windows (one cash on delivery),
-/// two per wave, and one tiny sale with waitlist joins (not judged by the linearizability
-/// checker, which does not model the waitlist).
-pub fn sale_plan() -> Vec<SalePlan> {
-    let p = |meta, wave, waitlist| SalePlan {
-        meta,
-        wave,
-        waitlist,
-    };
-    vec![
-        p(sale("js-a", 8, 2, 1_500, 2_000), 0, false),
-        p(sale("js-b", 6, 2, 2_500, 0), 0, false),
-        p(sale("js-w", 3, 1, 1_000, 1_500), 0, true),
-        p(sale("js-c", 5, 1, 1_000, 1_500), 1, false),
-        p(sale("js-d", 8, 2, 1_200, 1_500), 1, false),
-        p(sale("js-e", 6, 2, 2_000, 1_000), 2, false),
-        p(sale("js-f", 6, 1, 1_500, 2_000), 2, false),
-    ]
+/// The shapes of the sales of a wave, in turn: (quantity, per-user limit, hold TTL ms,
+/// payment window ms; 0 = cash on delivery).
+const SALE_SHAPES: [(u32, u32, u64, u64); 6] = [
+    (8, 2, 1_500, 2_000),
+    (6, 2, 2_500, 0),
+    (5, 1, 1_000, 1_500),
+    (8, 2, 1_200, 1_500),
+    (6, 2, 2_000, 1_000),
+    (6, 1, 1_500, 2_000),
+];
+
+/// The sales of a run of `run_ms`: [`SALES_PER_WAVE`] small sales with short TTLs and
+/// payment windows open every [`WAVE_MS`] (at most [`WAVES_MAX`] waves), so fresh stock
+/// keeps coming while earlier sales sell out; plus one tiny sale (`js-w`) open from the
+/// start whose waitlist clients may join (not judged by the linearizability checker, which
+/// does not model the waitlist).
+pub fn sale_plan(run_ms: u64) -> Vec<SalePlan> {
+    let waves = (run_ms / WAVE_MS).clamp(1, WAVES_MAX);
+    let mut out = vec![SalePlan {
+        meta: sale("js-w".into(), 3, 1, 1_000, 1_500),
+        opens_after_ms: 0,
+        waitlist: true,
+    }];
+    let mut shape = SALE_SHAPES.iter().cycle();
+    for w in 0..waves {
+        for k in 0..SALES_PER_WAVE {
+            let Some(&(q, limit, ttl, pay)) = shape.next() else {
+                break;
+            };
+            out.push(SalePlan {
+                meta: sale(
+                    format!("js-{w}{}", char::from(b'a' + k)),
+                    q,
+                    limit,
+                    ttl,
+                    pay,
+                ),
+                opens_after_ms: w * WAVE_MS,
+                waitlist: false,
+            });
+        }
+    }
+    out
 }
 
-/// The sales of a run (history metadata).
-pub fn sales_for_run() -> Vec<SaleMeta> {
-    sale_plan().into_iter().map(|p| p.meta).collect()
+/// The sales of a run of `run_ms` (history metadata).
+pub fn sales_for_run(run_ms: u64) -> Vec<SaleMeta> {
+    sale_plan(run_ms).into_iter().map(|p| p.meta).collect()
 }
 
 /// The `POST /v1/sales` body of a sale, open from now for an hour.
@@ -493,7 +515,7 @@ impl Worker {
         let open: Vec<&SalePlan> = self
             .sales
             .iter()
-            .filter(|s| s.opens_after_ms(self.run_ms) <= now)
+            .filter(|s| s.opens_after_ms <= now)
             .filter(|s| {
                 probe
                     || self
