@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use stockade_jepsen::report::{exit_code, EXIT_INVALID, EXIT_UNKNOWN};
 use stockade_jepsen::runner::nemesis::FaultKind;
 use stockade_jepsen::runner::run::{
-    default_bin, long_plans, pr_plans, run, run_tier, Backend, RunConfig, INTERRUPTED,
+    default_bin, long_plans, pr_plans, run, run_tier, Backend, RunConfig, INTERRUPTED, LONG_SEEDS,
 };
 use stockade_jepsen::verdict::Verdict;
 
@@ -74,6 +74,9 @@ enum Cmd {
         /// --duration-s.
         #[arg(long)]
         tier: Option<String>,
+        /// Seeds per plan of the long tier.
+        #[arg(long, default_value_t = LONG_SEEDS)]
+        seeds: u64,
     },
 }
 
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
         backend,
         waitlist,
         tier,
+        seeds,
     } = cmd;
     let setup = |e: String| {
         eprintln!("stockade-jepsen: {e}");
@@ -148,7 +152,7 @@ fn main() -> ExitCode {
     let results = match tier.as_deref() {
         None => vec![(format!("seed {seed}"), run(&cfg))],
         Some("pr") => run_tier(&cfg, &pr_plans()),
-        Some("long") => run_tier(&cfg, &long_plans()),
+        Some("long") => run_tier(&cfg, &long_plans(seeds)),
         Some(t) => return setup(format!("unknown tier {t:?} (known: pr, long)")),
     };
     let mut overall = Verdict::Valid;

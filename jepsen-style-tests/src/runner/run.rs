@@ -687,8 +687,8 @@ pub fn pr_plans() -> Vec<Plan> {
 }
 
 /// The long tier: every family alone and all together, 5 nodes for bridge and ring,
-/// [`LONG_SEEDS`] seeds each.
-pub fn long_plans() -> Vec<Plan> {
+/// `seeds` seeds each ([`LONG_SEEDS`] by default).
+pub fn long_plans(seeds: u64) -> Vec<Plan> {
     use Backend::*;
     let one = [
         plan("kill", &["kill"], 3, Local, LONG_RUN),
@@ -721,7 +721,7 @@ pub fn long_plans() -> Vec<Plan> {
         },
     ];
     let mut out = Vec::new();
-    for _ in 0..LONG_SEEDS {
+    for _ in 0..seeds {
         out.extend(one.iter().cloned());
     }
     out
