@@ -51,6 +51,8 @@ const CALM_END_MS: u64 = 3_000;
 const FAULT_HOLD_MS: (u64, u64) = (1_500, 3_000);
 /// Gap between two faults (ms, uniform).
 const FAULT_GAP_MS: (u64, u64) = (1_500, 3_000);
+/// Wait between a SIGSTOP and the status poll that confirms it.
+const PAUSE_SETTLE: Duration = Duration::from_millis(200);
 /// After the clients stop, wait out hold TTLs and payment windows plus this slack.
 const SETTLE_SLACK: Duration = Duration::from_millis(1_500);
 /// Bytes of a node log quoted when the cluster does not come up.
@@ -542,8 +544,10 @@ async fn nemesis_loop(
             rng = r2;
             (t, e, d, Pending::Process(u))
         };
-        // A pause takes effect if the paused node stops answering.
+        // A pause takes effect if the paused node stops answering (asked once the stop
+        // has had time to reach every thread).
         if let (FaultKind::PauseLeader, true) = (kind, took_effect) {
+            tokio::time::sleep(PAUSE_SETTLE).await;
             let silent = match targets.first().and_then(|id| addrs.get(id)) {
                 Some(addr) => client.status(addr).await.is_none(),
                 None => false,
