@@ -23,6 +23,8 @@ use stockade_raft_store::{open, Entry, StoreOptions, TypeConfig};
 const COMMANDS_PER_ENTRY: u64 = 256;
 /// Entries per apply call.
 const ENTRIES_PER_APPLY: usize = 16;
+/// Users per round of reserves then checkouts.
+const CHUNK: u64 = COMMANDS_PER_ENTRY * ENTRIES_PER_APPLY as u64;
 /// A line of the table every this many orders.
 const REPORT_EVERY: u64 = 100_000;
 
@@ -85,12 +87,30 @@ async fn main() {
         currency: "EUR".into(),
         quantity: u32::try_from(n).expect("N fits a sale's quantity"),
         starts_at_ms: 1_000,
-        ends_at_ms: u64::MAX / 4,
+        ends_at_ms: 10_000_000,
         per_user_limit: 1,
-        hold_ttl_ms: 1 << 40,
-        payment_window_ms: 1 << 40,
+        // The clock stays at 2 s: nothing expires during the run.
+        hold_ttl_ms: 60_000,
+        payment_window_ms: 60_000,
     };
     let mut idx = 0;
+    // Created on its own: an operator command is not accepted inside a batch.
+    idx += 1;
+    let create = Entry::new_normal(
+        log_id(idx),
+        LogEntry {
+            at_ms: 0,
+            cmd: Command::CreateSale(spec),
+        },
+    );
+    sm.apply(stream::iter([Ok((create, None))])).await.unwrap();
+    assert!(
+        stockade_raft_store::query::sale(&sm.view(), "mem")
+            .unwrap()
+            .is_some(),
+        "the sale was not created"
+    );
+
     let mut apply = |cmds: Vec<Command>| {
         idx += 1;
         Entry::new_normal(
@@ -101,13 +121,6 @@ async fn main() {
             },
         )
     };
-    sm.apply(stream::iter([Ok((
-        apply(vec![Command::CreateSale(spec)]),
-        None,
-    ))]))
-    .await
-    .unwrap();
-
     println!("rss at start: {:.1} MiB", rss_mib());
     println!(
         "{:>10} {:>12} {:>12} {:>12}",
@@ -116,7 +129,7 @@ async fn main() {
     let t = Instant::now();
     let mut done = 0u64;
     while done < n {
-        let chunk = (n - done).min(COMMANDS_PER_ENTRY * ENTRIES_PER_APPLY as u64);
+        let chunk = (n - done).min(CHUNK);
         let users: Vec<u64> = (done..done + chunk).collect();
         // Reserve, then check out what was granted: each user ends with one order.
         let reserves: Vec<Entry> = users
@@ -137,7 +150,8 @@ async fn main() {
         sm.apply(stream::iter(reserves.into_iter().map(|e| Ok((e, None)))))
             .await
             .unwrap();
-        // Hold ids are assigned in order from 1 after the sale; user u got hold u + 1.
+        // Holds and orders share one id sequence from 1: chunk k's holds start after the
+        // k earlier chunks' holds and orders, so user u got hold 1 + u + k * CHUNK.
         let checkouts: Vec<Entry> = users
             .chunks(COMMANDS_PER_ENTRY as usize)
             .map(|us| {
@@ -145,7 +159,7 @@ async fn main() {
                     us.iter()
                         .map(|u| Command::Checkout {
                             user_id: format!("user-{u}"),
-                            hold_id: u + 1,
+                            hold_id: 1 + u + CHUNK * (u / CHUNK),
                             request_id: format!("checkout-{u}"),
                         })
                         .collect(),
