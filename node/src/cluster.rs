@@ -275,11 +275,7 @@ impl NodeCluster {
                 .await
                 .map(ForwardResponse::Proposed),
             ForwardRequest::ProposeMany(cmds) => Ok(ForwardResponse::ProposedMany(
-                crate::coalesce::propose_many(self, cmds.clone())
-                    .await
-                    .into_iter()
-                    .map(|r| r.map_err(propose_to_wire))
-                    .collect(),
+                crate::coalesce::propose_many(self, cmds.clone()).await,
             )),
             ForwardRequest::ReadIndex => {
                 let read = self
@@ -345,30 +341,25 @@ impl NodeCluster {
         cmds: Vec<Command>,
     ) -> Result<(Vec<Result<Response, ClusterError>>, u64), ClusterError> {
         let leader = self.wait_leader().await?;
-        if leader == self.id {
-            let answers = crate::coalesce::propose_many(self, cmds)
-                .await
-                .into_iter()
-                .map(|r| r.map_err(|e| ClusterError::from(propose_to_wire(e))))
-                .collect();
-            return Ok((answers, self.id));
-        }
-        self.stats
-            .forwarded_commands
-            .fetch_add(cmds.len() as u64, Ordering::Relaxed);
-        match self
-            .forward(leader, &ForwardRequest::ProposeMany(cmds))
-            .await?
-        {
-            (ForwardResponse::ProposedMany(items), by) => Ok((
-                items
-                    .into_iter()
-                    .map(|r| r.map_err(ClusterError::from))
-                    .collect(),
-                by,
-            )),
-            (other, _) => Err(internal(format!("unexpected answer {other:?}"))),
-        }
+        let (items, by) = if leader == self.id {
+            (crate::coalesce::propose_many(self, cmds).await, self.id)
+        } else {
+            self.stats
+                .forwarded_commands
+                .fetch_add(cmds.len() as u64, Ordering::Relaxed);
+            match self
+                .forward(leader, &ForwardRequest::ProposeMany(cmds))
+                .await?
+            {
+                (ForwardResponse::ProposedMany(items), by) => (items, by),
+                (other, _) => return Err(internal(format!("unexpected answer {other:?}"))),
+            }
+        };
+        let answers = items
+            .into_iter()
+            .map(|r| r.map_err(ClusterError::from))
+            .collect();
+        Ok((answers, by))
     }
 
     /// The answer to a request forwarded to this node.
@@ -376,26 +367,19 @@ impl NodeCluster {
         if let ForwardRequest::ProposeMany(cmds) = req {
             // Not through `serve_as_leader`: no copy of the batch. A command that meets a
             // lost leadership answers `NoLeader`, and the follower retries it.
-            let answers = crate::coalesce::propose_many(self, cmds)
-                .await
-                .into_iter()
-                .map(|r| r.map_err(propose_to_wire))
-                .collect();
+            let answers = crate::coalesce::propose_many(self, cmds).await;
             return Ok((ForwardResponse::ProposedMany(answers), self.id));
         }
-        match self.serve_as_leader(&req).await {
-            Ok(r) => Ok((r, self.id)),
-            Err(ProposeError::NotLeader(_)) => Err(WireError::NoLeader {
-                retry_after_ms: NO_LEADER_RETRY_MS,
-            }),
-            Err(ProposeError::Cluster(e)) => Err(e.into()),
-        }
+        self.serve_as_leader(&req)
+            .await
+            .map(|r| (r, self.id))
+            .map_err(propose_to_wire)
     }
 }
 
 /// A local proposal's failure as it crosses the wire: "not the leader" becomes
 /// `NoLeader`, which the forwarding node retries on whoever leads next.
-fn propose_to_wire(e: ProposeError) -> WireError {
+pub(crate) fn propose_to_wire(e: ProposeError) -> WireError {
     match e {
         ProposeError::NotLeader(_) => WireError::NoLeader {
             retry_after_ms: NO_LEADER_RETRY_MS,

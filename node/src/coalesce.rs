@@ -26,6 +26,7 @@ use stockade_raft_store::{Command, Response};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::cluster::NodeCluster;
+use crate::wire::WireError;
 
 /// Commands in one forwarded batch, by default (`--forward-batch-max`).
 pub const FORWARD_BATCH_MAX: usize = 256;
@@ -186,10 +187,14 @@ async fn send_batch(c: &NodeCluster, batch: Vec<Forward>) {
     }
 }
 
-/// The leader side: every forwarded command joins the group-commit queue at once.
-pub async fn propose_many(
-    c: &NodeCluster,
-    cmds: Vec<Command>,
-) -> Vec<Result<Response, crate::cluster::ProposeError>> {
-    join_all(cmds.into_iter().map(|cmd| c.propose_local(cmd))).await
+/// The leader side: every forwarded command joins the group-commit queue at once; each
+/// answer is as it crosses the wire (a lost leadership is `NoLeader`, retried by the
+/// follower).
+pub async fn propose_many(c: &NodeCluster, cmds: Vec<Command>) -> Vec<Result<Response, WireError>> {
+    join_all(cmds.into_iter().map(|cmd| async move {
+        c.propose_local(cmd)
+            .await
+            .map_err(crate::cluster::propose_to_wire)
+    }))
+    .await
 }
