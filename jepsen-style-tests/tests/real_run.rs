@@ -1,9 +1,12 @@
-//! One short real run against real `stockade` processes: kill -9 of the leader once.
+//! Short real runs against real `stockade` processes and containers: kill -9 of the
+//! leader, the proxy, membership, namespace partitions, and the docker backend (kill and
+//! partition against the containers of the compose file).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use stockade_jepsen::runner::docker::DockerOpts;
 use stockade_jepsen::runner::nemesis::FaultKind;
 use stockade_jepsen::runner::run::{run, Backend, RunConfig};
 use stockade_jepsen::verdict::Verdict;
@@ -43,6 +46,7 @@ fn kill_leader_once_real_run_is_valid() {
         keep_data: false,
         backend: Backend::Local,
         waitlist: false,
+        docker: DockerOpts::default(),
     };
     let started = Instant::now();
     let r = run(&cfg).expect("the run completes");
@@ -112,6 +116,7 @@ fn cfg(seed: u64, secs: u64, nemesis: Vec<FaultKind>, out: &Path) -> RunConfig {
         keep_data: false,
         backend: Backend::Local,
         waitlist: false,
+        docker: DockerOpts::default(),
     }
 }
 
@@ -245,4 +250,123 @@ fn stale_namespaces_of_a_dead_run_are_removed() {
     assert!(st.success());
     let removed = stockade_jepsen::runner::netns::cleanup_stale();
     assert!(removed.contains(&name), "{removed:?}");
+}
+
+/// The docker backend needs root and a docker daemon; outside CI a machine without them
+/// skips this test loudly (the tiers never skip: a refused docker run is a failed run).
+fn docker_usable() -> bool {
+    match stockade_jepsen::runner::docker::check_available() {
+        Ok(()) => true,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: {e}");
+            false
+        }
+        Err(e) => panic!("CI must be able to run the docker backend: {e}"),
+    }
+}
+
+/// Containers, networks and volumes of this process's compose projects.
+fn our_docker_objects() -> Vec<String> {
+    let prefix = format!("stockade-jepsen-{}-", std::process::id());
+    let mut left = Vec::new();
+    for args in [
+        vec!["ps", "-a", "--format", "{{.Names}}"],
+        vec!["network", "ls", "--format", "{{.Name}}"],
+        vec!["volume", "ls", "--format", "{{.Name}}"],
+    ] {
+        let out = Command::new("docker").args(&args).output().expect("docker");
+        left.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with(&prefix))
+                .map(str::to_string),
+        );
+    }
+    left
+}
+
+#[test]
+fn docker_kill_and_partition_take_effect_heal_and_leave_nothing_behind() {
+    if !docker_usable() {
+        return;
+    }
+    let out = out_dir("docker");
+    let mut c = cfg(
+        9,
+        18,
+        vec![FaultKind::KillLeader, FaultKind::PartitionHalves],
+        &out,
+    );
+    c.backend = Backend::Docker;
+    let started = Instant::now();
+    let r = run(&c).expect("the run completes");
+    let text = r.report.to_text();
+    eprintln!("docker run took {:?}", started.elapsed());
+    for kind in [FaultKind::KillLeader, FaultKind::PartitionHalves] {
+        assert!(
+            r.faults.iter().any(|f| f.kind == kind),
+            "no {kind:?}: {:#?}",
+            r.faults
+        );
+    }
+    assert!(
+        r.faults.iter().all(|f| f.took_effect && f.heal_ok),
+        "{:#?}",
+        r.faults
+    );
+    assert_eq!(r.report.verdict, Verdict::Valid, "{text}");
+    assert_no_violation(&r);
+    assert_eq!(
+        our_docker_objects(),
+        Vec::<String>::new(),
+        "containers, networks or volumes left"
+    );
+    // The nodes' logs were saved before the project went.
+    assert!(out.join("node1.log").is_file());
+    assert!(out.join("docker-compose.override.yml").is_file());
+}
+
+#[test]
+fn delay_and_loss_are_refused_by_the_docker_backend() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let mut c = cfg(1, 5, vec![FaultKind::Delay], out.path());
+    c.backend = Backend::Docker;
+    let e = run(&c).expect_err("refused");
+    assert!(e.contains("not supported by the docker backend"), "{e}");
+    c.nemesis = vec![FaultKind::KillOne];
+    c.nodes = 2;
+    let e = run(&c).expect_err("refused");
+    assert!(e.contains("3..=9"), "{e}");
+}
+
+#[test]
+fn stale_docker_projects_of_a_dead_run_are_removed() {
+    if !docker_usable() {
+        return;
+    }
+    // A pid above the kernel's pid_max cannot be alive.
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4_194_304);
+    let project = format!("stockade-jepsen-{}-0", pid_max + 1);
+    let label = format!("com.docker.compose.project={project}");
+    for (kind, name) in [
+        ("network", format!("{project}_stockade")),
+        ("volume", format!("{project}_node1-data")),
+    ] {
+        let st = Command::new("docker")
+            .args([kind, "create", "--label", &label, &name])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("docker create");
+        assert!(st.success(), "docker {kind} create {name}");
+    }
+    let removed = stockade_jepsen::runner::docker::cleanup_stale();
+    assert!(removed.contains(&project), "{removed:?}");
+    let (c, n, v) = stockade_jepsen::runner::docker::project_leftovers(&project);
+    assert!(
+        c.is_empty() && n.is_empty() && v.is_empty(),
+        "{c:?} {n:?} {v:?}"
+    );
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use stockade_jepsen::report::{exit_code, EXIT_INVALID, EXIT_UNKNOWN};
+use stockade_jepsen::runner::docker::{default_compose_file, DockerOpts};
 use stockade_jepsen::runner::nemesis::FaultKind;
 use stockade_jepsen::runner::run::{
     default_bin, long_plans, pr_plans, run, run_tier, Backend, RunConfig, INTERRUPTED, LONG_SEEDS,
@@ -60,16 +61,30 @@ enum Cmd {
         /// Keep the nodes' data directories.
         #[arg(long)]
         keep_data: bool,
-        /// `local` (processes on loopback) or `netns` (each node in its own network
-        /// namespace: real partitions with nftables; root).
+        /// `local` (processes on loopback), `netns` (each node in its own network
+        /// namespace: real partitions with nftables; root) or `docker` (the containers of
+        /// the top-level docker-compose.yml as a compose project of the run's own:
+        /// kill, pause, skew, partitions, membership; root and a docker daemon; no
+        /// delay/loss).
         #[arg(long, default_value = "local")]
         backend: String,
+        /// Docker backend: the image the containers run. Built from --stockade-bin with
+        /// scripts/build-image first (a no-op when unchanged) unless --no-build-image.
+        #[arg(long, default_value = stockade_jepsen::runner::docker::DEFAULT_IMAGE)]
+        image: String,
+        /// Docker backend: use --image as it is (it must exist; nothing is pulled).
+        #[arg(long)]
+        no_build_image: bool,
+        /// Docker backend: the compose file (default: the workspace's docker-compose.yml).
+        #[arg(long)]
+        compose_file: Option<PathBuf>,
         /// Clients join the waitlist of one sale when it is sold out (that sale's
         /// linearizability is then unknown: the model has no waitlist).
         #[arg(long)]
         waitlist: bool,
-        /// `pr`: 7 × 45 s runs, one per fault family (kill, pause, skew, partition,
-        /// proxy, membership) and one mixed. `long`: every family alone and mixed, 60 s runs, 3 seeds,
+        /// `pr`: 8 × 45 s runs, one per fault family (kill, pause, skew, partition,
+        /// proxy, membership), one mixed, and docker-mixed (kill, pause, skew, partition
+        /// against containers). `long`: every family alone and mixed, 60 s runs, 3 seeds,
         /// 5 nodes for bridge and ring. Overrides --nemesis, --nodes, --backend and
         /// --duration-s.
         #[arg(long)]
@@ -109,6 +124,9 @@ fn main() -> ExitCode {
         faults_max,
         keep_data,
         backend,
+        image,
+        no_build_image,
+        compose_file,
         waitlist,
         tier,
         seeds,
@@ -118,7 +136,9 @@ fn main() -> ExitCode {
         ExitCode::from(EXIT_SETUP)
     };
     let Some(backend) = Backend::parse(&backend) else {
-        return setup(format!("unknown backend {backend:?} (known: local, netns)"));
+        return setup(format!(
+            "unknown backend {backend:?} (known: local, netns, docker)"
+        ));
     };
     let nemesis = match parse_nemesis(&nemesis) {
         Ok(n) => n,
@@ -147,6 +167,11 @@ fn main() -> ExitCode {
         keep_data,
         backend,
         waitlist,
+        docker: DockerOpts {
+            image,
+            compose_file: compose_file.unwrap_or_else(default_compose_file),
+            build_image: !no_build_image,
+        },
     };
     let started = std::time::Instant::now();
     let results = match tier.as_deref() {

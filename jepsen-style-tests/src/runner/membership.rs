@@ -4,7 +4,8 @@
 //! This module owns the admin calls (`POST /admin/learners`, `POST /admin/membership`,
 //! `GET /admin/status`; a follower forwards them to the leader) and the checks that each
 //! change took effect (the voters a node reports afterwards). Adding starts a fresh
-//! process through the cluster (its own data dir, `--init never`); heal changes the voters
+//! process or container through the cluster (its own data dir or volume, `--init never`);
+//! [`join`] adds the docker backend's nodes 4 and up before a run; heal changes the voters
 //! back to the original set (dropping the added node, promoting a removed one back from
 //! learner) and then stops the added process. It must not inject any other fault.
 
@@ -15,8 +16,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::client::{Answer, Client};
+use super::cluster::Cluster;
 use super::final_read::leader_now;
-use super::procs::ProcessCluster;
+use super::procs::NodeSpec;
 use super::rng::Rng;
 
 /// Timeout of one admin call (add-learner waits for the learner to catch up).
@@ -88,7 +90,7 @@ async fn admin_post(
 pub async fn add_node(
     c: &Client,
     addrs: &BTreeMap<u64, String>,
-    cluster: &Arc<Mutex<ProcessCluster>>,
+    cluster: &Arc<Mutex<Cluster>>,
 ) -> (Vec<u64>, bool, String, Option<MemberUndo>) {
     let Some(before) = voters_now(c, addrs).await else {
         return (vec![], false, "no node reports its voters".into(), None);
@@ -109,15 +111,7 @@ pub async fn add_node(
         voters: before.clone(),
         retire: Some(id),
     };
-    let mut up = false;
-    for _ in 0..NEW_NODE_UP_POLLS_MAX {
-        if c.status(&spec.http).await.is_some() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(NEW_NODE_POLL).await;
-    }
-    if !up {
+    if !answers(c, &spec).await {
         return (
             vec![id],
             false,
@@ -125,8 +119,7 @@ pub async fn add_node(
             Some(undo),
         );
     }
-    let body = json!({"node_id": id, "raft_addr": spec.grpc_advertise, "api_addr": spec.http});
-    if let Err(e) = admin_post(c, addrs, "/admin/learners", &body).await {
+    if let Err(e) = add_learner(c, addrs, &spec).await {
         return (
             vec![id],
             false,
@@ -150,6 +143,59 @@ pub async fn add_node(
         ),
         Some(undo),
     )
+}
+
+/// Whether a fresh node answers its status within [`NEW_NODE_UP_POLLS_MAX`] polls.
+async fn answers(c: &Client, spec: &NodeSpec) -> bool {
+    for _ in 0..NEW_NODE_UP_POLLS_MAX {
+        if c.status(&spec.http).await.is_some() {
+            return true;
+        }
+        tokio::time::sleep(NEW_NODE_POLL).await;
+    }
+    false
+}
+
+/// `POST /admin/learners` for a started node, with the addresses it advertises.
+async fn add_learner(
+    c: &Client,
+    addrs: &BTreeMap<u64, String>,
+    spec: &NodeSpec,
+) -> Result<(), String> {
+    let body = json!({"node_id": spec.id, "raft_addr": spec.grpc_advertise, "api_addr": spec.http_advertise});
+    admin_post(c, addrs, "/admin/learners", &body).await
+}
+
+/// Joins nodes started with `--init never` (the docker backend's nodes 4 and up) to the
+/// cluster of `addrs` before the run: each added as learner, then all made voters.
+/// Returns the voters afterwards.
+pub async fn join(
+    c: &Client,
+    addrs: &BTreeMap<u64, String>,
+    joiners: &[NodeSpec],
+) -> Result<Vec<u64>, String> {
+    let before = voters_now(c, addrs)
+        .await
+        .ok_or("no node reports its voters")?;
+    for s in joiners {
+        if !answers(c, s).await {
+            return Err(format!("n{} did not answer its status", s.id));
+        }
+        add_learner(c, addrs, s)
+            .await
+            .map_err(|e| format!("add learner n{}: {e}", s.id))?;
+    }
+    let mut voters = before.clone();
+    voters.extend(joiners.iter().map(|s| s.id));
+    voters.sort_unstable();
+    voters.dedup();
+    let body = json!({"voters": voters, "retain": false});
+    admin_post(c, addrs, "/admin/membership", &body).await?;
+    let after = voters_now(c, addrs).await.unwrap_or_default();
+    if after != voters {
+        return Err(format!("voters {before:?} -> {after:?}, wanted {voters:?}"));
+    }
+    Ok(after)
 }
 
 /// Removes one voter (kept as learner). Returns (targets, took effect, detail, undo).
@@ -191,7 +237,7 @@ pub async fn remove_voter(
 pub async fn heal(
     c: &Client,
     addrs: &BTreeMap<u64, String>,
-    cluster: &Arc<Mutex<ProcessCluster>>,
+    cluster: &Arc<Mutex<Cluster>>,
     undo: &MemberUndo,
 ) -> (bool, String) {
     let body = json!({"voters": undo.voters, "retain": false});

@@ -12,7 +12,10 @@
 //! the leader, majority/minority, bridge and ring over 5 nodes; healed by deleting the
 //! rules); delay and loss on the links into one node or all nodes through the userspace
 //! proxy (healed by clearing the fault). Membership changes talk HTTP, so the scheduler in
-//! [`super::run`] does them (with [`super::membership`]). Not built: the Docker backend.
+//! [`super::run`] does them (with [`super::membership`]). The same nemesis drives the
+//! Docker backend ([`super::docker`]): kill is `docker kill -s KILL`, pause
+//! `docker pause`, skew a recreated container, partitions the same nftables rules inside
+//! the containers' namespaces; it has no proxy, so delay and loss are refused there.
 //!
 //! It must not talk HTTP: the scheduler in [`super::run`] finds the leader and confirms
 //! effects; this module only acts on processes and the network.
@@ -143,9 +146,10 @@ pub struct FaultRecord {
     pub fault_to_first_ack_write_ms: Option<u64>,
 }
 
-/// What a cluster backend must offer the nemesis. Process control today; a namespace
-/// backend would add `partition(&[Vec<u64>])` / `heal_network()`, Docker would map these
-/// onto `docker kill -s KILL`, `docker pause`.
+/// What a cluster backend must offer the nemesis: processes ([`ProcessCluster`], on
+/// loopback or in namespaces) and containers ([`super::docker::DockerCluster`], which
+/// maps these onto `docker kill -s KILL`, `docker pause`, a recreated container and
+/// nftables inside the containers' namespaces).
 pub trait ClusterControl: Send {
     fn node_ids(&self) -> Vec<u64>;
     /// kill -9; whether a live process was killed.

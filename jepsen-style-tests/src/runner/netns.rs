@@ -287,14 +287,7 @@ impl Netns {
                 .ok_or_else(|| format!("no namespace for node {node}"))?
                 .clone();
             let addrs: Vec<String> = cut.iter().map(|&p| self.node_ip(p)).collect();
-            let set = addrs.join(", ");
-            let rules = format!(
-                "table inet {NFT_TABLE} {{\n\
-                 \tchain input {{\n\t\ttype filter hook input priority 0; policy accept;\n\
-                 \t\tip saddr {{ {set} }} drop\n\t}}\n\
-                 \tchain output {{\n\t\ttype filter hook output priority 0; policy accept;\n\
-                 \t\tip daddr {{ {set} }} drop\n\t}}\n}}\n"
-            );
+            let rules = partition_rules(&addrs);
             self.cut.insert(node);
             run_cmd(
                 "ip",
@@ -371,6 +364,20 @@ impl Drop for Netns {
     }
 }
 
+/// The nftables script of one cut node: our own table, dropping every packet from and
+/// to `addrs` (the peers it must not reach). Loaded with `nft -f -` inside the node's
+/// network namespace; heal deletes the table.
+pub fn partition_rules(addrs: &[String]) -> String {
+    let set = addrs.join(", ");
+    format!(
+        "table inet {NFT_TABLE} {{\n\
+         \tchain input {{\n\t\ttype filter hook input priority 0; policy accept;\n\
+         \t\tip saddr {{ {set} }} drop\n\t}}\n\
+         \tchain output {{\n\t\ttype filter hook output priority 0; policy accept;\n\
+         \t\tip daddr {{ {set} }} drop\n\t}}\n}}\n"
+    )
+}
+
 /// The grudge of a partition into `groups`: each node cuts every node outside its group.
 pub fn grudge_of_groups(groups: &[Vec<u64>]) -> BTreeMap<u64, BTreeSet<u64>> {
     let all: BTreeSet<u64> = groups.iter().flatten().copied().collect();
@@ -428,6 +435,16 @@ pub fn grudge_ring(ids: &[u64]) -> BTreeMap<u64, BTreeSet<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partition_rules_drop_both_directions_in_our_table() {
+        let r = partition_rules(&["10.0.0.2".into(), "10.0.0.3".into()]);
+        assert!(r.starts_with("table inet stockade_jepsen {"), "{r}");
+        assert!(r.contains("type filter hook input priority 0; policy accept;"));
+        assert!(r.contains("ip saddr { 10.0.0.2, 10.0.0.3 } drop"), "{r}");
+        assert!(r.contains("ip daddr { 10.0.0.2, 10.0.0.3 } drop"), "{r}");
+        assert_eq!(r.matches("drop").count(), 2);
+    }
 
     #[test]
     fn grudges_cut_what_they_should() {

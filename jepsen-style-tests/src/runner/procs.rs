@@ -63,8 +63,11 @@ fn io(what: &str, e: impl std::fmt::Display) -> ProcError {
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
     pub id: u64,
-    /// HTTP address (listen and advertised; the runner's clients use it).
+    /// HTTP address the runner's clients use (listen address here; the published
+    /// loopback port with Docker).
     pub http: String,
+    /// HTTP address the node advertises to the cluster (`api_addr` when it is added).
+    pub http_advertise: String,
     /// gRPC listen address.
     pub grpc: String,
     /// gRPC address other nodes use (the proxy's listener when the proxy is on).
@@ -113,7 +116,8 @@ pub struct ProcessCluster {
     dir: tempfile::TempDir,
 }
 
-fn free_port() -> Result<u16, ProcError> {
+/// A free loopback port (bound once, then released).
+pub(crate) fn free_port() -> Result<u16, ProcError> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| io("bind an ephemeral port", e))?;
     Ok(l.local_addr().map_err(|e| io("local addr", e))?.port())
 }
@@ -212,6 +216,7 @@ impl ProcessCluster {
         };
         Ok(NodeSpec {
             id,
+            http_advertise: http.clone(),
             http,
             grpc,
             grpc_advertise,

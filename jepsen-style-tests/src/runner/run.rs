@@ -1,6 +1,7 @@
 //! One run end to end, and the PR tier.
 //!
-//! This module owns [`RunConfig`], [`run`] (start the cluster, create the sales, run the
+//! This module owns [`RunConfig`], [`run`] (start the cluster — processes, namespaces or
+//! containers, see [`Backend`] — join nodes started uninitialized, create the sales, run the
 //! clients and the nemesis for the duration, heal everything, wait for a leader and
 //! quiet, read the final state, run every checker, write `history.jsonl`,
 //! `final_state.json`, `report.json`, `report.txt` into the output directory) and
@@ -15,12 +16,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 
 use super::client::{Answer, Client};
+use super::cluster::Cluster;
+use super::docker::{DockerCluster, DockerOpts};
 use super::final_read::{read_final, wait_leader, wait_quiet};
 use super::membership::{self, MemberUndo};
 use super::nemesis::{
     ClusterControl, FaultKind, FaultRecord, Nemesis, ProcessNemesis, Undo, BRIDGE_RING_NODES_MIN,
 };
-use super::procs::{ClusterOpts, ProcessCluster};
+use super::procs::{ClusterOpts, NodeSpec, ProcessCluster};
 use super::rng::Rng;
 use super::workload::{sale_plan, sale_spec_from, Recorder, SalePlan, Worker};
 use crate::history::{History, HistoryMeta};
@@ -70,6 +73,9 @@ pub enum Backend {
     Local,
     /// Processes, each in its own network namespace (partitions; root only).
     Netns,
+    /// Containers of the top-level `docker-compose.yml`, as a compose project of the
+    /// run's own (kill, pause, skew, partitions, membership; root and docker).
+    Docker,
 }
 
 impl Backend {
@@ -77,6 +83,7 @@ impl Backend {
         match s {
             "local" | "process" => Some(Backend::Local),
             "netns" => Some(Backend::Netns),
+            "docker" => Some(Backend::Docker),
             _ => None,
         }
     }
@@ -99,6 +106,8 @@ pub struct RunConfig {
     /// linearizability is then unknown (the model has no waitlist), so the run's verdict
     /// can be at best unknown.
     pub waitlist: bool,
+    /// Image and compose file of the docker backend.
+    pub docker: DockerOpts,
 }
 
 impl RunConfig {
@@ -112,12 +121,26 @@ impl RunConfig {
         }
         let parts = self.nemesis.iter().any(|k| k.is_partition());
         let links = self.nemesis.iter().any(|k| k.is_link());
-        if parts && self.backend != Backend::Netns {
+        if parts && self.backend == Backend::Local {
             return Err(
                 "partition faults need --backend netns (each node in its own network \
-                        namespace; root)"
+                        namespace; root) or --backend docker"
                     .into(),
             );
+        }
+        if links && self.backend == Backend::Docker {
+            return Err(super::docker::LINK_FAULTS_UNSUPPORTED.into());
+        }
+        if self.backend == Backend::Docker
+            && !(super::docker::COMPOSE_INITIAL..=super::docker::NODES_MAX).contains(&self.nodes)
+        {
+            return Err(format!(
+                "the docker backend runs {}..={} nodes (3 from the compose file, 4 and 5 \
+                 from its `five` profile, more from the runner's override), not {}",
+                super::docker::COMPOSE_INITIAL,
+                super::docker::NODES_MAX,
+                self.nodes
+            ));
         }
         if parts && links {
             return Err(
@@ -136,8 +159,10 @@ impl RunConfig {
                 "bridge and ring partitions need --nodes {BRIDGE_RING_NODES_MIN} or more"
             ));
         }
-        if self.backend == Backend::Netns {
-            super::netns::check_available()?;
+        match self.backend {
+            Backend::Netns => super::netns::check_available()?,
+            Backend::Docker => super::docker::check_available()?,
+            Backend::Local => {}
         }
         Ok(())
     }
@@ -196,13 +221,16 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, String> {
         .map_err(|e| format!("tokio runtime: {e}"))?;
     // On SIGINT / SIGTERM the run future is dropped here and the runtime below, which
     // drops the cluster: children killed, proxy stopped, namespaces deleted.
+    // Biased, signals first: the handlers are installed before the run's first (blocking)
+    // step, so a SIGINT while the cluster starts is caught and cleaned up too.
     let out = rt.block_on(async {
         tokio::select! {
-            r = run_async(cfg) => r,
+            biased;
             sig = interrupted() => {
                 INTERRUPTED.store(true, Ordering::Relaxed);
                 Err(format!("interrupted by {sig}; cleaning up"))
             }
+            r = run_async(cfg) => r,
         }
     });
     drop(rt);
@@ -226,14 +254,28 @@ async fn interrupted() -> &'static str {
 
 async fn run_async(cfg: &RunConfig) -> Result<RunResult, String> {
     std::fs::create_dir_all(&cfg.out).map_err(|e| format!("{}: {e}", cfg.out.display()))?;
-    let opts = ClusterOpts {
-        netns: cfg.backend == Backend::Netns,
-        proxy: cfg.nemesis.iter().any(|k| k.is_link()),
-        seed: cfg.seed,
+    let mut cluster = match cfg.backend {
+        Backend::Local | Backend::Netns => {
+            let opts = ClusterOpts {
+                netns: cfg.backend == Backend::Netns,
+                proxy: cfg.nemesis.iter().any(|k| k.is_link()),
+                seed: cfg.seed,
+            };
+            Cluster::Procs(
+                ProcessCluster::start_with(&cfg.bin, cfg.nodes, cfg.keep_data, opts)
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        Backend::Docker => Cluster::Docker(DockerCluster::start(
+            &cfg.docker,
+            &cfg.bin,
+            cfg.nodes,
+            &cfg.out,
+            cfg.keep_data,
+        )?),
     };
-    let mut cluster = ProcessCluster::start_with(&cfg.bin, cfg.nodes, cfg.keep_data, opts)
-        .map_err(|e| e.to_string())?;
-    let netns_prefix = cluster.netns().map(|n| n.prefix().to_string());
+    let netns_prefix = cluster.netns_prefix();
+    let docker_project = cluster.docker_project();
     let specs = cluster.specs();
     let data_dir = cluster.dir().to_path_buf();
     let cluster = Arc::new(Mutex::new(cluster));
@@ -241,17 +283,36 @@ async fn run_async(cfg: &RunConfig) -> Result<RunResult, String> {
     let nodes: Vec<String> = addrs.values().cloned().collect();
     let client = Client::new()?;
 
+    // Nodes started uninitialized (docker: 4 and up) join the cluster the others form.
+    let joiners: Vec<NodeSpec> = specs.iter().filter(|s| !s.initial).cloned().collect();
+    if !joiners.is_empty() {
+        let first: BTreeMap<u64, String> = specs
+            .iter()
+            .filter(|s| s.initial)
+            .map(|s| (s.id, s.http.clone()))
+            .collect();
+        let first_nodes: Vec<String> = first.values().cloned().collect();
+        if wait_leader(&client, &first_nodes, FIRST_LEADER_TIMEOUT)
+            .await
+            .is_none()
+        {
+            return Err(no_leader(&cluster));
+        }
+        membership::join(&client, &first, &joiners)
+            .await
+            .map_err(|e| {
+                format!(
+                    "joining nodes {:?}: {e}",
+                    joiners.iter().map(|s| s.id).collect::<Vec<_>>()
+                )
+            })?;
+    }
+
     if wait_leader(&client, &nodes, FIRST_LEADER_TIMEOUT)
         .await
         .is_none()
     {
-        let tail = cluster
-            .lock()
-            .map(|c| c.log_tail(1, LOG_TAIL_BYTES))
-            .unwrap_or_default();
-        return Err(format!(
-            "no leader within {FIRST_LEADER_TIMEOUT:?}; node 1 log:\n{tail}"
-        ));
+        return Err(no_leader(&cluster));
     }
     let plan: Vec<SalePlan> = sale_plan(ms(cfg.duration))
         .into_iter()
@@ -373,6 +434,7 @@ async fn run_async(cfg: &RunConfig) -> Result<RunResult, String> {
             "backend": format!("{:?}", cfg.backend),
             "waitlist_joins": cfg.waitlist,
             "netns_prefix": netns_prefix,
+            "docker_project": docker_project,
             "data_dir": if cfg.keep_data { Some(data_dir.display().to_string()) } else { None },
         }),
     );
@@ -403,6 +465,15 @@ async fn run_async(cfg: &RunConfig) -> Result<RunResult, String> {
         faults,
         out: cfg.out.clone(),
     })
+}
+
+/// The error of a cluster that elected no leader, with the end of node 1's log.
+fn no_leader(cluster: &Arc<Mutex<Cluster>>) -> String {
+    let tail = cluster
+        .lock()
+        .map(|c| c.log_tail(1, LOG_TAIL_BYTES))
+        .unwrap_or_default();
+    format!("no leader within {FIRST_LEADER_TIMEOUT:?}; node 1 log:\n{tail}")
 }
 
 fn write_outputs(
@@ -453,7 +524,7 @@ async fn create_sale(
 
 /// Restarts every down node, resumes every paused one (skew stays as healed by the
 /// nemesis; this is the safety net).
-async fn heal_all(cluster: &Arc<Mutex<ProcessCluster>>) {
+async fn heal_all(cluster: &Arc<Mutex<Cluster>>) {
     let c = cluster.clone();
     let _ = tokio::task::spawn_blocking(move || {
         let Ok(mut c) = c.lock() else { return };
@@ -461,7 +532,7 @@ async fn heal_all(cluster: &Arc<Mutex<ProcessCluster>>) {
         let _ = ClusterControl::heal_links(&mut *c);
         for id in c.ids() {
             let _ = c.resume(id);
-            if c.state(id).ok() == Some(super::procs::ProcState::Down) {
+            if c.is_down(id).unwrap_or(false) {
                 let _ = c.restart(id, 0);
             }
             if c.skew_ms(id).unwrap_or(0) != 0 {
@@ -481,7 +552,7 @@ enum Pending {
 
 async fn nemesis_loop(
     cfg: RunConfig,
-    cluster: Arc<Mutex<ProcessCluster>>,
+    cluster: Arc<Mutex<Cluster>>,
     client: Client,
     addrs: BTreeMap<u64, String>,
     mut rng: Rng,
@@ -617,7 +688,7 @@ async fn nemesis_loop(
     log
 }
 
-fn proxy_stats(cluster: &Arc<Mutex<ProcessCluster>>) -> Option<super::proxy::ProxyStats> {
+fn proxy_stats(cluster: &Arc<Mutex<Cluster>>) -> Option<super::proxy::ProxyStats> {
     cluster
         .lock()
         .ok()
@@ -635,8 +706,8 @@ pub struct Plan {
     pub waitlist: bool,
 }
 
-/// Length of one PR-tier run (7 runs: about 7 minutes on 2 cores with the settle, quiet
-/// and final read of each).
+/// Length of one PR-tier run (8 runs: about 8–9 minutes on 2 cores with the settle,
+/// quiet and final read of each).
 pub const PR_RUN: Duration = Duration::from_secs(45);
 /// Length of one long-tier run.
 pub const LONG_RUN: Duration = Duration::from_secs(60);
@@ -669,8 +740,10 @@ fn plan(
 }
 
 /// The PR tier: one short run per fault family (kill, pause, skew, partition, proxy,
-/// membership) and one with them mixed (all but partitions, which need the namespaces). The partition run needs root; it is refused (a failed run), not skipped,
-/// when namespaces cannot be made.
+/// membership), one with them mixed (all but partitions, which need the namespaces), and
+/// `docker-mixed`: kill, pause, skew and partitions against the containers of the
+/// compose file. The partition run needs root and the docker run root and a docker
+/// daemon; each is refused (a failed run), not skipped, when it cannot be set up.
 pub fn pr_plans() -> Vec<Plan> {
     use Backend::*;
     vec![
@@ -685,6 +758,13 @@ pub fn pr_plans() -> Vec<Plan> {
             &["kill", "pause", "skew", "proxy", "membership"],
             3,
             Local,
+            PR_RUN,
+        ),
+        plan(
+            "docker-mixed",
+            &["kill", "pause", "skew", "partition"],
+            3,
+            Docker,
             PR_RUN,
         ),
     ]
@@ -715,6 +795,13 @@ pub fn long_plans(seeds: u64) -> Vec<Plan> {
             &["kill", "pause", "skew", "proxy", "membership"],
             3,
             Local,
+            LONG_RUN,
+        ),
+        plan(
+            "docker-mixed5",
+            &["kill", "pause", "skew", "partition5", "membership"],
+            5,
+            Docker,
             LONG_RUN,
         ),
         // Waitlist joins: that sale's linearizability is unknown (not modeled), so this
