@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use super::docker::DockerCluster;
-use super::nemesis::ClusterControl;
+use super::nemesis::{ClusterControl, Verbs};
 use super::procs::{NodeSpec, ProcError, ProcessCluster};
 use super::proxy::{LinkFault, Proxy, ProxyStats};
 
@@ -146,6 +146,12 @@ impl ClusterControl for Cluster {
         match self {
             Cluster::Procs(c) => c.proxy_stats(),
             Cluster::Docker(c) => c.proxy_stats(),
+        }
+    }
+    fn verbs(&self) -> Verbs {
+        match self {
+            Cluster::Procs(c) => c.verbs(),
+            Cluster::Docker(c) => c.verbs(),
         }
     }
 }

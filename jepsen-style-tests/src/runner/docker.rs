@@ -39,7 +39,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::nemesis::ClusterControl;
+use super::nemesis::{ClusterControl, Verbs};
 use super::netns::{partition_rules, NFT_TABLE};
 use super::procs::{NodeSpec, ProcError, ProcState, NODE_FLAGS};
 use super::proxy::{LinkFault, ProxyStats};
@@ -816,8 +816,21 @@ impl DockerCluster {
             &name,
         ]);
         if let Err(e) = r {
-            // The container may be up with either skew; say which is unknown.
             return Err(ProcError::Io(format!("recreate node {id}: {e}")));
+        }
+        // The skew is in the new container's environment, or the restart failed.
+        let want = format!("STOCKADE_CLOCK_SKEW_MS={skew_ms}");
+        let env = docker(&[
+            "inspect",
+            "-f",
+            "{{range .Config.Env}}{{println .}}{{end}}",
+            &self.plan.container(id),
+        ])
+        .map_err(ProcError::Io)?;
+        if !env.lines().any(|l| l.trim() == want) {
+            return Err(ProcError::Io(format!(
+                "node {id} was recreated without {want}"
+            )));
         }
         Ok(())
     }
@@ -1070,6 +1083,9 @@ impl ClusterControl for DockerCluster {
     }
     fn proxy_stats(&self) -> Option<ProxyStats> {
         None
+    }
+    fn verbs(&self) -> Verbs {
+        Verbs::DOCKER
     }
 }
 

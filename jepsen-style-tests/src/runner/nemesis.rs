@@ -169,6 +169,34 @@ pub trait ClusterControl: Send {
     fn link_fault(&mut self, dests: &[u64], f: LinkFault) -> Result<(), String>;
     fn heal_links(&mut self) -> Result<(), String>;
     fn proxy_stats(&self) -> Option<ProxyStats>;
+    /// How the faults are done, for the fault log.
+    fn verbs(&self) -> Verbs {
+        Verbs::PROCESS
+    }
+}
+
+/// The words a backend's faults are logged with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verbs {
+    pub kill: &'static str,
+    pub pause: &'static str,
+    pub resume: &'static str,
+    pub skew: &'static str,
+}
+
+impl Verbs {
+    pub const PROCESS: Verbs = Verbs {
+        kill: "kill -9",
+        pause: "SIGSTOP",
+        resume: "SIGCONT",
+        skew: "--clock-skew-ms",
+    };
+    pub const DOCKER: Verbs = Verbs {
+        kill: "docker kill -s KILL",
+        pause: "docker pause",
+        resume: "docker unpause",
+        skew: "STOCKADE_CLOCK_SKEW_MS",
+    };
 }
 
 impl ClusterControl for ProcessCluster {
@@ -396,13 +424,18 @@ impl Nemesis for ProcessNemesis {
                 }
                 let down = targets.iter().all(|&id| ctl.is_down(id).unwrap_or(false));
                 let effect = !killed.is_empty() && down;
-                let detail = format!("kill -9 {:?} {}", killed, notes.join("; "));
+                let detail = format!("{} {:?} {}", ctl.verbs().kill, killed, notes.join("; "));
                 (targets.clone(), effect, detail, Undo::Restart(targets))
             }
             FaultKind::PauseLeader => {
                 let id = targets.first().copied().unwrap_or_default();
                 match ctl.pause(id) {
-                    Ok(true) => (targets, true, format!("SIGSTOP n{id}"), Undo::Resume(id)),
+                    Ok(true) => (
+                        targets,
+                        true,
+                        format!("{} n{id}", ctl.verbs().pause),
+                        Undo::Resume(id),
+                    ),
                     Ok(false) => (targets, false, format!("n{id} not running"), Undo::Nothing),
                     Err(e) => (targets, false, format!("n{id}: {e}"), Undo::Nothing),
                 }
@@ -417,7 +450,8 @@ impl Nemesis for ProcessNemesis {
                         targets,
                         true,
                         format!(
-                            "restart n{id} with --clock-skew-ms={skew} (graceful stop: {graceful})"
+                            "restart n{id} with {}={skew} (graceful stop: {graceful})",
+                            ctl.verbs().skew
                         ),
                         Undo::Unskew(id),
                     ),
@@ -450,8 +484,11 @@ impl Nemesis for ProcessNemesis {
                 (ok, format!("restart {ids:?} {}", notes.join("; ")))
             }
             Undo::Resume(id) => match ctl.resume(*id) {
-                Ok(r) => (true, format!("SIGCONT n{id} (was paused: {r})")),
-                Err(e) => (false, format!("SIGCONT n{id}: {e}")),
+                Ok(r) => (
+                    true,
+                    format!("{} n{id} (was paused: {r})", ctl.verbs().resume),
+                ),
+                Err(e) => (false, format!("{} n{id}: {e}", ctl.verbs().resume)),
             },
             Undo::HealPartition => match ctl.heal_partition() {
                 Ok(()) => (true, "nft rules deleted".into()),
