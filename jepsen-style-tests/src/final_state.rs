@@ -40,6 +40,10 @@ pub struct FinalHold {
     pub request_id: Option<String>,
     #[serde(default)]
     pub from_waitlist: bool,
+    /// A waitlist hold's join request (the join it was handed to); `None` for a reserve's
+    /// hold, or when the final state was read without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_request_id: Option<String>,
     pub state: HoldState,
     /// When it was released or expired (state-machine clock), if it was.
     #[serde(default)]

@@ -866,6 +866,25 @@ impl HistoryBuilder {
         )
     }
 
+    pub fn join_waitlist(
+        &mut self,
+        process: u64,
+        sale: &str,
+        user: &str,
+        qty: u32,
+        request_id: &str,
+    ) -> OpRef {
+        self.invoke(
+            process,
+            Call::JoinWaitlist {
+                sale_id: sale.into(),
+                user_id: user.into(),
+                qty,
+                request_id: request_id.into(),
+            },
+        )
+    }
+
     pub fn read(&mut self, process: u64, sale: &str) -> OpRef {
         self.invoke(
             process,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use stockade_jepsen::runner::docker::DockerOpts;
 use stockade_jepsen::runner::nemesis::FaultKind;
 use stockade_jepsen::runner::run::{run, Backend, RunConfig};
+use stockade_jepsen::runner::workload::WAITLIST_JOIN_PERMILLE_DEFAULT;
 use stockade_jepsen::verdict::Verdict;
 
 /// The `stockade` binary next to this test binary, built once if missing.
@@ -46,6 +47,7 @@ fn kill_leader_once_real_run_is_valid() {
         keep_data: false,
         backend: Backend::Local,
         waitlist: false,
+        waitlist_join_permille: WAITLIST_JOIN_PERMILLE_DEFAULT,
         docker: DockerOpts::default(),
     };
     let started = Instant::now();
@@ -116,6 +118,7 @@ fn cfg(seed: u64, secs: u64, nemesis: Vec<FaultKind>, out: &Path) -> RunConfig {
         keep_data: false,
         backend: Backend::Local,
         waitlist: false,
+        waitlist_join_permille: WAITLIST_JOIN_PERMILLE_DEFAULT,
         docker: DockerOpts::default(),
     }
 }

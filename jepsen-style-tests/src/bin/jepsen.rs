@@ -15,6 +15,7 @@ use stockade_jepsen::runner::nemesis::FaultKind;
 use stockade_jepsen::runner::run::{
     default_bin, long_plans, pr_plans, run, run_tier, Backend, RunConfig, INTERRUPTED, LONG_SEEDS,
 };
+use stockade_jepsen::runner::workload::WAITLIST_JOIN_PERMILLE_DEFAULT;
 use stockade_jepsen::verdict::Verdict;
 
 /// Exit code of a run that could not be set up.
@@ -78,10 +79,15 @@ enum Cmd {
         /// Docker backend: the compose file (default: the workspace's docker-compose.yml).
         #[arg(long)]
         compose_file: Option<PathBuf>,
-        /// Clients join the waitlist of one sale when it is sold out (that sale's
-        /// linearizability is then unknown: the model has no waitlist).
+        /// Heavy waitlist traffic on one sale (js-w): its clients keep reserving it when
+        /// sold out and join its waitlist at 500 per mille. Every run has joins anyway
+        /// (see --waitlist-join-permille).
         #[arg(long)]
         waitlist: bool,
+        /// Per mille of sold_out / insufficient_stock answers followed by a waitlist join
+        /// of that user, on every sale (0: none).
+        #[arg(long, default_value_t = WAITLIST_JOIN_PERMILLE_DEFAULT)]
+        waitlist_join_permille: u64,
         /// `pr`: 8 × 45 s runs, one per fault family (kill, pause, skew, partition,
         /// proxy, membership), one mixed, and docker-mixed (kill, pause, skew, partition
         /// against containers). `long`: every family alone and mixed, 60 s runs, 3 seeds,
@@ -128,6 +134,7 @@ fn main() -> ExitCode {
         no_build_image,
         compose_file,
         waitlist,
+        waitlist_join_permille,
         tier,
         seeds,
     } = cmd;
@@ -167,6 +174,7 @@ fn main() -> ExitCode {
         keep_data,
         backend,
         waitlist,
+        waitlist_join_permille,
         docker: DockerOpts {
             image,
             compose_file: compose_file.unwrap_or_else(default_compose_file),

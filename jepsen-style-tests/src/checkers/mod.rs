@@ -62,6 +62,6 @@ pub fn check_all(
         idempotency::check(history, final_state),
         convergence::check(history, final_state),
         expiry::check(history, final_state, config),
-        linearizability::check(history, config),
+        linearizability::check_with(history, final_state, config),
     ]
 }

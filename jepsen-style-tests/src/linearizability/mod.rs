@@ -29,9 +29,10 @@ pub mod wgl;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::checkers::is_state_machine_code;
-use crate::history::{Call, History, OkValue, Op, OrderStatus, Outcome, SaleMeta};
+use crate::final_state::{FinalHold, FinalOrder, FinalState, Gap, HoldState};
+use crate::history::{Call, Counters, History, OkValue, Op, OrderStatus, Outcome, SaleMeta};
 use crate::verdict::{Anomaly, CheckConfig, CheckResult, Clock, SubVerdict, Verdict};
-use model::{HoldSlot, OrderSlot, SaleModel, Step};
+use model::{FinalObs, HoldSlot, JoinSlot, OrderSlot, SaleModel, Step};
 use wgl::Window;
 
 pub const NAME: &str = "linearizability";
@@ -47,6 +48,8 @@ pub struct Problem {
     /// History op ids behind each step (empty for expiry/timeout events).
     pub op_ids: Vec<Vec<u64>>,
     pub dropped: u64,
+    /// Unknown effects the final state settled (happened, or did not).
+    pub settled: u64,
 }
 
 /// One sale's verdict.
@@ -59,11 +62,21 @@ pub struct SaleVerdict {
     pub counts: BTreeMap<String, u64>,
 }
 
-/// Runs the check on every sale of the history.
+/// Runs the check on every sale of the history (without the final state).
 pub fn check(history: &History, config: &CheckConfig) -> CheckResult {
+    check_with(history, None, config)
+}
+
+/// Runs the check on every sale of the history; the final state, if given, is one more
+/// observation of each sale after every op.
+pub fn check_with(
+    history: &History,
+    final_state: Option<&FinalState>,
+    config: &CheckConfig,
+) -> CheckResult {
     let mut res = CheckResult::new(NAME);
     for sale_id in history.sale_ids() {
-        let v = check_sale(history, &sale_id, config);
+        let v = check_sale_with(history, final_state, &sale_id, config);
         res.count("sales", 1);
         res.count(&format!("sales_{}", v.verdict.name()), 1);
         match v.verdict {
@@ -87,8 +100,18 @@ pub fn check(history: &History, config: &CheckConfig) -> CheckResult {
     res
 }
 
-/// Checks one sale.
+/// Checks one sale (without the final state).
 pub fn check_sale(history: &History, sale_id: &str, config: &CheckConfig) -> SaleVerdict {
+    check_sale_with(history, None, sale_id, config)
+}
+
+/// Checks one sale, with the final state as the last observation if given.
+pub fn check_sale_with(
+    history: &History,
+    final_state: Option<&FinalState>,
+    sale_id: &str,
+    config: &CheckConfig,
+) -> SaleVerdict {
     let ops: Vec<&Op> = history.ops_of_sale(sale_id).collect();
     let mut v = SaleVerdict {
         sale_id: sale_id.into(),
@@ -102,15 +125,20 @@ pub fn check_sale(history: &History, sale_id: &str, config: &CheckConfig) -> Sal
         v.reason = Some("sale missing from the history meta".into());
         return v;
     };
-    if ops
-        .iter()
-        .any(|o| matches!(o.call, Call::JoinWaitlist { .. }) && !o.outcome.is_fail())
-    {
-        v.reason = Some("waitlist activity is not modeled".into());
-        return v;
-    }
     let clock = Clock::new(history.meta.wall_start_ms, config.skew_ms);
-    let p = build(meta, &ops, &clock);
+    let p = build_with(meta, &ops, &clock, final_state);
+    let joins = ops
+        .iter()
+        .filter(|o| matches!(o.call, Call::JoinWaitlist { .. }))
+        .count();
+    v.counts.insert("join_ops".into(), joins as u64);
+    v.counts
+        .insert("join_slots".into(), p.model.joins.len() as u64);
+    v.counts.insert(
+        "final_observed".into(),
+        u64::from(p.model.steps.iter().any(|s| matches!(s, Step::Final(_)))),
+    );
+    v.counts.insert("settled_by_final".into(), p.settled);
     v.counts.insert("search_ops".into(), p.windows.len() as u64);
     v.counts.insert(
         "required_ops".into(),
@@ -242,8 +270,96 @@ fn user_index(users: &mut HashMap<String, usize>, u: &str) -> usize {
     *users.entry(u.to_string()).or_insert(n)
 }
 
-/// Builds a sale's search problem.
+/// What the final state shows of one sale, indexed for [`build`].
+struct SaleFinal<'a> {
+    counters: Counters,
+    holds: HashMap<u64, &'a FinalHold>,
+    /// Reserve holds by `(user, request_id)` (empty if the final state lacks them).
+    reserve_holds: Option<HashMap<(&'a str, &'a str), &'a FinalHold>>,
+    /// Waitlist holds by `(user, join request_id)`.
+    waitlist_holds: HashMap<(&'a str, &'a str), &'a FinalHold>,
+    orders: HashMap<u64, &'a FinalOrder>,
+    /// Orders by `(user, request_id)` (`None` if the final state lacks them).
+    checkout_orders: Option<HashMap<(&'a str, &'a str), &'a FinalOrder>>,
+}
+
+impl<'a> SaleFinal<'a> {
+    /// `None` if the final state does not cover the sale well enough to judge by it (no
+    /// counters, or waitlist holds without their join's request id).
+    fn new(fs: &'a FinalState, sale_id: &str) -> Option<SaleFinal<'a>> {
+        let counters = fs.sales.get(sale_id)?.counters;
+        let holds: Vec<&FinalHold> = fs.holds.iter().filter(|h| h.sale_id == sale_id).collect();
+        if holds
+            .iter()
+            .any(|h| h.from_waitlist && h.join_request_id.is_none())
+        {
+            return None;
+        }
+        let orders: Vec<&FinalOrder> = fs.orders.iter().filter(|o| o.sale_id == sale_id).collect();
+        Some(SaleFinal {
+            counters,
+            holds: holds.iter().map(|h| (h.hold_id, *h)).collect(),
+            reserve_holds: (!fs.has_gap(Gap::HoldRequestIds)).then(|| {
+                holds
+                    .iter()
+                    .filter(|h| !h.from_waitlist)
+                    .filter_map(|h| Some(((h.user_id.as_str(), h.request_id.as_deref()?), *h)))
+                    .collect()
+            }),
+            waitlist_holds: holds
+                .iter()
+                .filter(|h| h.from_waitlist)
+                .filter_map(|h| Some(((h.user_id.as_str(), h.join_request_id.as_deref()?), *h)))
+                .collect(),
+            orders: orders.iter().map(|o| (o.order_id, *o)).collect(),
+            checkout_orders: (!fs.has_gap(Gap::OrderRequestIds)).then(|| {
+                orders
+                    .iter()
+                    .filter_map(|o| Some(((o.user_id.as_str(), o.request_id.as_deref()?), *o)))
+                    .collect()
+            }),
+        })
+    }
+}
+
+fn h_code(s: HoldState) -> u8 {
+    match s {
+        HoldState::Active => model::H_ACTIVE,
+        HoldState::Released => model::H_RELEASED,
+        HoldState::Expired => model::H_EXPIRED,
+        HoldState::CheckedOut => model::H_CHECKED_OUT,
+    }
+}
+
+/// How the final state settles an unknown effect.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// Nothing known: optional.
+    Open,
+    /// It happened: required, by the end of the history.
+    Happened,
+    /// It did not happen: dropped.
+    Not,
+}
+
+/// A window's return at the end of the history (patched once the end is known).
+const AT_END: i128 = i128::MAX;
+
+/// Builds a sale's search problem (without the final state).
 pub fn build(meta: &SaleMeta, ops: &[&Op], clock: &Clock) -> Problem {
+    build_with(meta, ops, clock, None)
+}
+
+/// Builds a sale's search problem; with the sale's final state, unknown effects and
+/// expiries it settles become required or are dropped, and it is one last observation.
+pub fn build_with(
+    meta: &SaleMeta,
+    ops: &[&Op],
+    clock: &Clock,
+    final_state: Option<&FinalState>,
+) -> Problem {
+    let fin = final_state.and_then(|fs| SaleFinal::new(fs, &meta.sale_id));
+    let fin = fin.as_ref();
     let effects = merge(ops);
     let mut p = Problem {
         model: SaleModel {
@@ -251,28 +367,38 @@ pub fn build(meta: &SaleMeta, ops: &[&Op], clock: &Clock) -> Problem {
             per_user_limit: meta.per_user_limit,
             holds: Vec::new(),
             orders: Vec::new(),
+            joins: Vec::new(),
             users: 0,
             steps: Vec::new(),
         },
         windows: Vec::new(),
         op_ids: Vec::new(),
         dropped: 0,
+        settled: 0,
     };
     let mut users: HashMap<String, usize> = HashMap::new();
     let ttl_ns = i128::from(meta.hold_ttl_ms) * 1_000_000;
     let window_ns = i128::from(meta.payment_window_ms) * 1_000_000;
+    let mut settled: Vec<Settled> = vec![Settled::Open; effects.len()];
 
     // Hold slots: reserves that were acknowledged or may have happened.
     let mut hold_by_id: HashMap<u64, usize> = HashMap::new();
     let mut hold_expiry: Vec<i128> = Vec::new();
+    let mut hold_final: Vec<Option<HoldState>> = Vec::new();
     let mut hold_slot_of: Vec<Option<usize>> = vec![None; effects.len()];
     for (i, e) in effects.iter().enumerate() {
-        let Call::Reserve { user_id, qty, .. } = e.call else {
+        let Call::Reserve {
+            user_id,
+            qty,
+            request_id,
+            ..
+        } = e.call
+        else {
             continue;
         };
         let user = user_index(&mut users, user_id);
         let slot = p.model.holds.len();
-        match &e.outcome {
+        let (id, granted, expiry) = match &e.outcome {
             Outcome::Ok {
                 value:
                     OkValue::Held {
@@ -280,30 +406,106 @@ pub fn build(meta: &SaleMeta, ops: &[&Op], clock: &Clock) -> Problem {
                         qty: granted,
                         expires_at_ms,
                     },
-            } => {
-                hold_by_id.insert(*hold_id, slot);
-                p.model.holds.push(HoldSlot {
-                    user,
-                    qty: *granted,
-                });
-                hold_expiry.push(clock.earliest(*expires_at_ms));
-            }
+            } => (Some(*hold_id), *granted, clock.earliest(*expires_at_ms)),
             Outcome::Info { .. } => {
-                p.model.holds.push(HoldSlot { user, qty: *qty });
-                hold_expiry.push(e.invoke + ttl_ns - clock.skew_ns);
+                let by_rid = fin.and_then(|f| f.reserve_holds.as_ref());
+                match by_rid.map(|m| m.get(&(user_id.as_str(), request_id.as_str()))) {
+                    Some(Some(h)) => {
+                        settled[i] = Settled::Happened;
+                        (Some(h.hold_id), *qty, clock.earliest(h.expires_at_ms))
+                    }
+                    Some(None) => {
+                        settled[i] = Settled::Not;
+                        continue;
+                    }
+                    None => (None, *qty, e.invoke + ttl_ns - clock.skew_ns),
+                }
             }
             _ => continue,
+        };
+        if let Some(id) = id {
+            hold_by_id.insert(id, slot);
         }
+        p.model.holds.push(HoldSlot {
+            user,
+            qty: granted,
+            join: None,
+        });
+        hold_expiry.push(expiry);
+        hold_final.push(id.and_then(|id| fin?.holds.get(&id).map(|h| h.state)));
         if let Some(s) = hold_slot_of.get_mut(i) {
             *s = Some(slot);
+        }
+    }
+    // Join slots (joins that were acknowledged or may have happened), each with the hold
+    // slot of its promotion.
+    let mut join_slot_of: Vec<Option<usize>> = vec![None; effects.len()];
+    let mut promoted: Vec<Option<u32>> = Vec::new();
+    let mut matched_waitlist_holds: Vec<u64> = Vec::new();
+    for (i, e) in effects.iter().enumerate() {
+        let Call::JoinWaitlist {
+            user_id,
+            qty,
+            request_id,
+            ..
+        } = e.call
+        else {
+            continue;
+        };
+        if !(e.outcome.is_ok() || e.outcome.is_info()) {
+            continue;
+        }
+        let user = user_index(&mut users, user_id);
+        let j = p.model.joins.len();
+        let hold = p.model.holds.len();
+        let fh = fin.and_then(|f| {
+            f.waitlist_holds
+                .get(&(user_id.as_str(), request_id.as_str()))
+        });
+        p.model.joins.push(JoinSlot {
+            user,
+            qty: *qty,
+            hold,
+        });
+        p.model.holds.push(HoldSlot {
+            user,
+            qty: *qty,
+            join: Some(j),
+        });
+        match fh {
+            Some(h) => {
+                hold_by_id.insert(h.hold_id, hold);
+                matched_waitlist_holds.push(h.hold_id);
+                hold_expiry.push(clock.earliest(h.expires_at_ms));
+                hold_final.push(Some(h.state));
+                promoted.push(Some(h.qty));
+                if e.outcome.is_info() {
+                    settled[i] = Settled::Happened;
+                }
+            }
+            None => {
+                hold_expiry.push(e.invoke + ttl_ns - clock.skew_ns);
+                hold_final.push(None);
+                promoted.push(None);
+            }
+        }
+        if let Some(s) = join_slot_of.get_mut(i) {
+            *s = Some(j);
         }
     }
     // Order slots: checkouts of known holds that were acknowledged or may have happened.
     let mut order_by_id: HashMap<u64, usize> = HashMap::new();
     let mut order_timeout: Vec<Option<i128>> = Vec::new();
+    let mut order_final: Vec<Option<&FinalOrder>> = Vec::new();
     let mut order_slot_of: Vec<Option<usize>> = vec![None; effects.len()];
     for (i, e) in effects.iter().enumerate() {
-        let Call::Checkout { hold_id, .. } = e.call else {
+        let Call::Checkout {
+            hold_id,
+            user_id,
+            request_id,
+            ..
+        } = e.call
+        else {
             continue;
         };
         let Some(&hold) = hold_by_id.get(hold_id) else {
@@ -314,7 +516,7 @@ pub fn build(meta: &SaleMeta, ops: &[&Op], clock: &Clock) -> Problem {
         };
         let (user, qty) = (h.user, h.qty);
         let slot = p.model.orders.len();
-        match &e.outcome {
+        let (id, timeout) = match &e.outcome {
             Outcome::Ok {
                 value:
                     OkValue::CheckedOut {
@@ -322,30 +524,105 @@ pub fn build(meta: &SaleMeta, ops: &[&Op], clock: &Clock) -> Problem {
                         pay_by_ms,
                         ..
                     },
-            } => {
-                order_by_id.insert(*order_id, slot);
-                order_timeout.push(pay_by_ms.map(|t| clock.earliest(t)));
-            }
+            } => (Some(*order_id), pay_by_ms.map(|t| clock.earliest(t))),
             Outcome::Info { .. } => {
-                order_timeout.push(
-                    (meta.payment_window_ms > 0).then(|| e.invoke + window_ns - clock.skew_ns),
-                );
+                let guess =
+                    (meta.payment_window_ms > 0).then(|| e.invoke + window_ns - clock.skew_ns);
+                let by_rid = fin.and_then(|f| f.checkout_orders.as_ref());
+                match by_rid.map(|m| m.get(&(user_id.as_str(), request_id.as_str()))) {
+                    Some(Some(o)) => {
+                        settled[i] = Settled::Happened;
+                        (
+                            Some(o.order_id),
+                            o.pay_by_ms.map(|t| clock.earliest(t)).or(guess),
+                        )
+                    }
+                    Some(None) => {
+                        settled[i] = Settled::Not;
+                        continue;
+                    }
+                    None => (None, guess),
+                }
             }
             _ => continue,
+        };
+        if let Some(id) = id {
+            order_by_id.insert(id, slot);
         }
+        order_timeout.push(timeout);
+        order_final.push(id.and_then(|id| fin?.orders.get(&id).copied()));
         p.model.orders.push(OrderSlot { hold, user, qty });
         if let Some(s) = order_slot_of.get_mut(i) {
             *s = Some(slot);
         }
     }
 
+    // Unknown releases, payments and cancels the final state settles: a hold or order
+    // that did not end that way was not ended by them; one that did, with a single such
+    // effect on it, was.
+    if fin.is_some() {
+        let mut ends: HashMap<(&str, u64), usize> = HashMap::new();
+        for e in &effects {
+            if e.outcome.is_ok() || e.outcome.is_info() {
+                if let Some(id) = e.call.hold_id().or(e.call.order_id()) {
+                    *ends.entry((e.call.kind(), id)).or_insert(0) += 1;
+                }
+            }
+        }
+        for (i, e) in effects.iter().enumerate() {
+            if !e.outcome.is_info() {
+                continue;
+            }
+            let unique = |id: u64| ends.get(&(e.call.kind(), id)).copied() == Some(1);
+            let verdict = match e.call {
+                Call::Release { hold_id, .. } => hold_by_id
+                    .get(hold_id)
+                    .and_then(|&h| hold_final.get(h).copied().flatten())
+                    .map(|st| (st == HoldState::Released, unique(*hold_id))),
+                Call::Pay { order_id, .. }
+                | Call::Cancel { order_id, .. }
+                | Call::FailPayment { order_id, .. } => order_by_id
+                    .get(order_id)
+                    .and_then(|&o| order_final.get(o).copied().flatten())
+                    .and_then(|o| {
+                        let ended_so = match e.call {
+                            Call::Pay { .. } => o.status == OrderStatus::Paid,
+                            Call::Cancel { .. } => {
+                                o.status == OrderStatus::Cancelled
+                                    && o.cancel_reason.as_deref()? == "by_user"
+                            }
+                            _ => {
+                                o.status == OrderStatus::Cancelled
+                                    && o.cancel_reason.as_deref()? == "payment_failed"
+                            }
+                        };
+                        Some((ended_so, unique(*order_id)))
+                    }),
+                _ => None,
+            };
+            match verdict {
+                Some((false, _)) => settled[i] = Settled::Not,
+                Some((true, true)) => settled[i] = Settled::Happened,
+                _ => {}
+            }
+        }
+    }
+
+    let mut refused_expiry = vec![false; p.model.holds.len()];
+    let mut refused_timeout = vec![false; p.model.orders.len()];
     for (i, e) in effects.iter().enumerate() {
+        if settled.get(i) == Some(&Settled::Not) {
+            p.dropped += e.ids.len() as u64;
+            p.settled += 1;
+            continue;
+        }
         let step = effect_step(
             e,
             meta,
             &mut users,
             hold_slot_of.get(i).copied().flatten(),
             order_slot_of.get(i).copied().flatten(),
+            join_slot_of.get(i).copied().flatten(),
             &hold_by_id,
             &hold_expiry,
             &order_by_id,
@@ -354,10 +631,33 @@ pub fn build(meta: &SaleMeta, ops: &[&Op], clock: &Clock) -> Problem {
         match step {
             Some(s) => {
                 let required = e.outcome.is_ok() || e.outcome.is_fail();
+                match &s {
+                    Step::Expire { hold, .. } if required => {
+                        if let Some(r) = refused_expiry.get_mut(*hold) {
+                            *r = true;
+                        }
+                    }
+                    Step::Timeout { order, .. } if required => {
+                        if let Some(r) = refused_timeout.get_mut(*order) {
+                            *r = true;
+                        }
+                    }
+                    _ => {}
+                }
+                let happened = settled.get(i) == Some(&Settled::Happened);
+                if happened {
+                    p.settled += 1;
+                }
                 p.model.steps.push(s);
                 p.windows.push(Window {
                     call: e.invoke,
-                    ret: if required { e.ret } else { None },
+                    ret: if required {
+                        e.ret
+                    } else if happened {
+                        Some(AT_END)
+                    } else {
+                        None
+                    },
                 });
                 p.op_ids.push(e.ids.clone());
             }
@@ -365,29 +665,102 @@ pub fn build(meta: &SaleMeta, ops: &[&Op], clock: &Clock) -> Problem {
         }
     }
 
-    // Optional expiry and timeout events.
+    // Expiry and timeout events: optional, unless the final state settles them (an
+    // expired hold no refusal expired was expired by a tick; any other end state rules
+    // the tick out).
     for (hold, t) in hold_expiry.iter().enumerate() {
+        let ret = match hold_final.get(hold).copied().flatten() {
+            Some(HoldState::Expired) if !refused_expiry.get(hold).copied().unwrap_or(false) => {
+                Some(AT_END)
+            }
+            Some(_) => continue,
+            None if p.model.holds.get(hold).is_some_and(|h| h.join.is_some()) && fin.is_some() => {
+                // A join the final state shows no hold of was never promoted.
+                continue;
+            }
+            None => None,
+        };
         p.model.steps.push(Step::Expire {
             hold,
             eligible: true,
         });
-        p.windows.push(Window {
-            call: *t,
-            ret: None,
-        });
+        p.windows.push(Window { call: *t, ret });
         p.op_ids.push(Vec::new());
     }
     for (order, t) in order_timeout.iter().enumerate() {
-        if let Some(t) = t {
-            p.model.steps.push(Step::Timeout {
-                order,
-                eligible: true,
-            });
-            p.windows.push(Window {
-                call: *t,
-                ret: None,
-            });
-            p.op_ids.push(Vec::new());
+        let Some(t) = t else { continue };
+        let ret = match order_final.get(order).copied().flatten() {
+            Some(o) if o.status == OrderStatus::Cancelled => match o.cancel_reason.as_deref() {
+                Some("payment_timeout")
+                    if !refused_timeout.get(order).copied().unwrap_or(false) =>
+                {
+                    Some(AT_END)
+                }
+                Some(_) => continue,
+                None => None,
+            },
+            Some(_) => continue,
+            None => None,
+        };
+        p.model.steps.push(Step::Timeout {
+            order,
+            eligible: true,
+        });
+        p.windows.push(Window { call: *t, ret });
+        p.op_ids.push(Vec::new());
+    }
+
+    // The final state: one last observation, after everything.
+    if let Some(f) = fin {
+        let mut holds: Vec<(usize, u8)> = hold_final
+            .iter()
+            .enumerate()
+            .filter_map(|(h, st)| st.map(|st| (h, h_code(st))))
+            .collect();
+        holds.sort_unstable();
+        let stray: Vec<String> = f
+            .waitlist_holds
+            .values()
+            .filter(|h| !matched_waitlist_holds.contains(&h.hold_id))
+            .map(|h| {
+                format!(
+                    "waitlist hold {} of user {} (join request {}) follows no join that may have happened",
+                    h.hold_id,
+                    h.user_id,
+                    h.join_request_id.as_deref().unwrap_or("?")
+                )
+            })
+            .collect();
+        p.model.steps.push(Step::Final(Box::new(FinalObs {
+            counters: Some(f.counters),
+            promoted: promoted.clone(),
+            holds,
+            impossible: (!stray.is_empty()).then(|| stray.join("; ")),
+        })));
+        p.windows.push(Window {
+            call: AT_END,
+            ret: Some(AT_END),
+        });
+        p.op_ids.push(Vec::new());
+    }
+    // The end: after every call and return; settled effects return there, the final
+    // observation comes just after.
+    let end = p
+        .windows
+        .iter()
+        .flat_map(|w| [Some(w.call), w.ret])
+        .flatten()
+        .filter(|t| *t != AT_END)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let is_final = |s: &Step| matches!(s, Step::Final(_));
+    for (w, s) in p.windows.iter_mut().zip(p.model.steps.iter()) {
+        if is_final(s) {
+            w.call = end + 1;
+            w.ret = Some(end + 1);
+        } else if w.ret == Some(AT_END) {
+            w.ret = Some(end);
         }
     }
     p.model.users = users.len();
@@ -403,6 +776,7 @@ fn effect_step(
     users: &mut HashMap<String, usize>,
     hold_slot: Option<usize>,
     order_slot: Option<usize>,
+    join_slot: Option<usize>,
     hold_by_id: &HashMap<u64, usize>,
     hold_expiry: &[i128],
     order_by_id: &HashMap<u64, usize>,
@@ -484,12 +858,33 @@ fn effect_step(
             })
         }
         Call::ReadSale { linearizable, .. } => match value {
-            Some(OkValue::Sale { counters, .. }) if *linearizable => Some(Step::Read {
+            Some(OkValue::Sale {
+                counters,
+                waitlist_len,
+            }) if *linearizable => Some(Step::Read {
                 counters: *counters,
+                waitlist_len: Some(*waitlist_len),
             }),
             _ => None,
         },
-        Call::JoinWaitlist { .. } => None,
+        Call::JoinWaitlist { user_id, qty, .. } => {
+            let user = user_index(users, user_id);
+            Some(match (code, value, join_slot) {
+                (Some("already_waitlisted"), _, _) => Step::AlreadyWaitlisted { user },
+                (Some("not_sold_out"), _, _) => Step::NotSoldOut { user },
+                (Some("limit_exceeded"), _, _) => Step::JoinLimitExceeded { user, qty: *qty },
+                (Some(_), _, _) => Step::Impossible,
+                (None, Some(OkValue::WaitlistJoined { position }), Some(slot)) => Step::Join {
+                    slot,
+                    position: Some(*position),
+                },
+                (None, None, Some(slot)) => Step::Join {
+                    slot,
+                    position: None,
+                },
+                (None, _, _) => Step::Impossible,
+            })
+        }
     }
 }
 
@@ -503,4 +898,6 @@ pub const FACT_CODES: &[&str] = &[
     "payment_window_expired",
     "order_not_awaiting_payment",
     "order_not_cancellable",
+    "not_sold_out",
+    "already_waitlisted",
 ];

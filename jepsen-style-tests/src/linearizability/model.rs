@@ -17,8 +17,23 @@
 //! - An `Info` reserve that happened created a hold whose id the client never learned;
 //!   its deadline is taken as `invoke + hold_ttl − skew` at the earliest.
 //! - The sale is open for the whole run (start/end refusals are not modeled and dropped),
-//!   the waitlist is not modeled (sales with waitlist activity are not judged), and the
-//!   per-user live-hold cap (`too_many_holds`) is not modeled (such refusals are dropped).
+//!   and the per-user live-hold cap (`too_many_holds`) is not modeled (such refusals are
+//!   dropped; a hand-off that skips a user for it is not modeled either: the suite's
+//!   per-user limits keep users far below the cap).
+//! - The waitlist (one FIFO queue per sale): a join is allowed only when nothing is
+//!   reservable (available is 0, or someone already waits), the user is not waiting
+//!   already and the join's quantity fits the per-user limit; an ok join answers the
+//!   queue length after it (`position`). While anyone waits, reserves see the sale as
+//!   sold out. Every step that gives units back (release, expiry, cancel, failed
+//!   payment, payment timeout) then hands them to the head of the queue, in order: the
+//!   head gets a hold of `min(qty, room under the limit, available)` (a head with no
+//!   room is dropped), until the queue or the stock runs out. Each join slot has a hold
+//!   slot of its own for that promotion (its quantity lives in the state). The hand-off's
+//!   per-call bound (64 entries) is not modeled: a sale here has at most 8 users.
+//!   Leaving the waitlist is not issued by the workload and not modeled.
+//! - The final state, when given, is one more observation after every op
+//!   ([`Step::Final`]): the counters, which joins were promoted and with how many units,
+//!   and the end state of every hold the model knows by id.
 //! - Only refusals whose code states a fact about the sale's state are judged
 //!   (`sold_out`, `insufficient_stock`, `limit_exceeded`, `hold_expired`,
 //!   `hold_not_active`, `payment_window_expired`, `order_not_awaiting_payment`,
@@ -39,11 +54,44 @@ pub const O_CONFIRMED: u8 = 2;
 pub const O_PAID: u8 = 3;
 pub const O_CANCELLED: u8 = 4;
 
-/// One hold slot (a reserve that was acknowledged or may have happened).
+pub const J_NONE: u8 = 0;
+pub const J_WAITING: u8 = 1;
+pub const J_PROMOTED: u8 = 2;
+pub const J_DROPPED: u8 = 3;
+
+/// One hold slot (a reserve that was acknowledged or may have happened, or the hold a
+/// waitlist join may be promoted to).
 #[derive(Debug, Clone)]
 pub struct HoldSlot {
     pub user: usize,
+    /// The reserve's quantity (for a promotion: the most it can be; the granted quantity
+    /// is in the state).
     pub qty: u32,
+    /// The join slot whose promotion this hold is, if it is one.
+    pub join: Option<usize>,
+}
+
+/// One waitlist join slot (a join that was acknowledged or may have happened).
+#[derive(Debug, Clone)]
+pub struct JoinSlot {
+    pub user: usize,
+    pub qty: u32,
+    /// The hold slot of its promotion.
+    pub hold: usize,
+}
+
+/// What the final state shows of a sale, as one last observation.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FinalObs {
+    pub counters: Option<Counters>,
+    /// Per join slot: the units of the hold it was promoted to, or `None` if no hold of
+    /// that join exists.
+    pub promoted: Vec<Option<u32>>,
+    /// Hold slots and the state (`H_*`) they end in.
+    pub holds: Vec<(usize, u8)>,
+    /// The final state shows something no slot can explain (e.g. a waitlist hold whose
+    /// join failed or was never sent).
+    pub impossible: Option<String>,
 }
 
 /// One order slot (a checkout that was acknowledged or may have happened).
@@ -112,10 +160,32 @@ pub enum Step {
     FailPayment {
         order: usize,
     },
-    /// A linearizable read of the counters.
+    /// A linearizable read of the counters (and of the waitlist's length, if known).
     Read {
         counters: Counters,
+        waitlist_len: Option<u32>,
     },
+    /// A waitlist join that was (or may have been) queued; `position` is the queue length
+    /// after it, if the answer is known.
+    Join {
+        slot: usize,
+        position: Option<u32>,
+    },
+    /// `already_waitlisted`: the user is waiting.
+    AlreadyWaitlisted {
+        user: usize,
+    },
+    /// `not_sold_out`: the user is not waiting and something is reservable.
+    NotSoldOut {
+        user: usize,
+    },
+    /// `limit_exceeded` of a join: not waiting, nothing reservable, over the limit.
+    JoinLimitExceeded {
+        user: usize,
+        qty: u32,
+    },
+    /// The final state (after every op).
+    Final(Box<FinalObs>),
     /// A step that can never happen (e.g. a checkout answered `confirmed` in a sale with a
     /// payment window); it makes the history non-linearizable if required.
     Impossible,
@@ -129,6 +199,12 @@ pub struct State {
     pub counters: Counters,
     /// Units per user (held + awaiting payment + bought).
     pub used: Vec<u32>,
+    /// Per join slot: `J_*`.
+    pub joins: Vec<u8>,
+    /// Per join slot: the units of its promotion (0 until promoted).
+    pub granted: Vec<u32>,
+    /// Join slots waiting, head first.
+    pub queue: Vec<u16>,
 }
 
 /// One sale's model: its constants, slots and steps.
@@ -138,6 +214,7 @@ pub struct SaleModel {
     pub per_user_limit: u32,
     pub holds: Vec<HoldSlot>,
     pub orders: Vec<OrderSlot>,
+    pub joins: Vec<JoinSlot>,
     pub users: usize,
     pub steps: Vec<Step>,
 }
@@ -152,26 +229,80 @@ impl SaleModel {
                 ..Counters::default()
             },
             used: vec![0; self.users],
+            joins: vec![J_NONE; self.joins.len()],
+            granted: vec![0; self.joins.len()],
+            queue: Vec::new(),
         }
     }
 
-    fn hold_units(&self, hold: usize) -> Option<(usize, u32)> {
-        self.holds.get(hold).map(|h| (h.user, h.qty))
+    /// A hold's user and units in state `s` (a promotion's units are in the state).
+    fn hold_units(&self, s: &State, hold: usize) -> Option<(usize, u32)> {
+        let h = self.holds.get(hold)?;
+        match h.join {
+            Some(j) => Some((h.user, *s.granted.get(j)?)),
+            None => Some((h.user, h.qty)),
+        }
     }
 
-    fn order_units(&self, order: usize) -> Option<(usize, u32)> {
-        self.orders.get(order).map(|o| (o.user, o.qty))
+    fn order_units(&self, s: &State, order: usize) -> Option<(usize, u32)> {
+        let o = self.orders.get(order)?;
+        match self.holds.get(o.hold).and_then(|h| h.join) {
+            Some(_) => self.hold_units(s, o.hold).map(|(_, q)| (o.user, q)),
+            None => Some((o.user, o.qty)),
+        }
+    }
+
+    /// Units a reserve may take: none while anyone waits.
+    fn reservable(s: &State) -> u32 {
+        if s.queue.is_empty() {
+            s.counters.available
+        } else {
+            0
+        }
+    }
+
+    fn waiting(&self, s: &State, user: usize) -> bool {
+        s.queue.iter().any(|&j| {
+            self.joins
+                .get(usize::from(j))
+                .is_some_and(|x| x.user == user)
+        })
+    }
+
+    /// Hands available units to the head of the queue, in order (as the state machine
+    /// does after every step that gives units back).
+    fn handoff(&self, n: &mut State) -> Option<()> {
+        while !n.queue.is_empty() && n.counters.available > 0 {
+            let j = usize::from(n.queue.remove(0));
+            let slot = self.joins.get(j)?;
+            let used = *n.used.get(slot.user)?;
+            let room = self.per_user_limit.saturating_sub(used);
+            let want = slot.qty.min(room);
+            if want == 0 {
+                n.joins[j] = J_DROPPED;
+                continue;
+            }
+            let q = want.min(n.counters.available);
+            n.joins[j] = J_PROMOTED;
+            n.granted[j] = q;
+            *n.holds.get_mut(slot.hold)? = H_ACTIVE;
+            n.counters.available -= q;
+            n.counters.held += q;
+            n.used[slot.user] += q;
+        }
+        Some(())
     }
 
     fn apply(&self, s: &State, step: &Step) -> Option<State> {
-        let c = s.counters;
         match step {
             Step::Grant { slot } => {
-                let (user, qty) = self.hold_units(*slot)?;
+                let (user, qty) = self.hold_units(s, *slot)?;
                 let used = *s.used.get(user)?;
+                let r = Self::reservable(s);
                 if *s.holds.get(*slot)? != H_NONE
-                    || c.available == 0
-                    || c.available < qty
+                    || self.holds.get(*slot)?.join.is_some()
+                    || r == 0
+                    || r < qty
                     || u64::from(used) + u64::from(qty) > u64::from(self.per_user_limit)
                 {
                     return None;
@@ -183,13 +314,14 @@ impl SaleModel {
                 n.used[user] += qty;
                 Some(n)
             }
-            Step::SoldOut => (c.available == 0).then(|| s.clone()),
+            Step::SoldOut => (Self::reservable(s) == 0).then(|| s.clone()),
             Step::Insufficient { qty } => {
-                (c.available > 0 && c.available < *qty).then(|| s.clone())
+                let r = Self::reservable(s);
+                (r > 0 && r < *qty).then(|| s.clone())
             }
             Step::LimitExceeded { user, qty } => {
                 let used = *s.used.get(*user)?;
-                (c.available >= *qty
+                (Self::reservable(s) >= *qty
                     && u64::from(used) + u64::from(*qty) > u64::from(self.per_user_limit))
                 .then(|| s.clone())
             }
@@ -198,7 +330,7 @@ impl SaleModel {
                 hold,
                 eligible: true,
             } => {
-                let (user, qty) = self.hold_units(*hold)?;
+                let (user, qty) = self.hold_units(s, *hold)?;
                 if *s.holds.get(*hold)? != H_ACTIVE {
                     return None;
                 }
@@ -211,6 +343,7 @@ impl SaleModel {
                 n.counters.held = n.counters.held.checked_sub(qty)?;
                 n.counters.available += qty;
                 n.used[user] = n.used[user].checked_sub(qty)?;
+                self.handoff(&mut n)?;
                 Some(n)
             }
             Step::Expire {
@@ -226,7 +359,7 @@ impl SaleModel {
                 order,
                 confirmed,
             } => {
-                let (_, qty) = self.hold_units(*hold)?;
+                let (_, qty) = self.hold_units(s, *hold)?;
                 if *s.holds.get(*hold)? != H_ACTIVE || *s.orders.get(*order)? != O_NONE {
                     return None;
                 }
@@ -243,7 +376,7 @@ impl SaleModel {
                 Some(n)
             }
             Step::Pay { order } => {
-                let (_, qty) = self.order_units(*order)?;
+                let (_, qty) = self.order_units(s, *order)?;
                 if *s.orders.get(*order)? != O_AWAITING {
                     return None;
                 }
@@ -279,13 +412,63 @@ impl SaleModel {
             Step::NotCancellable { order } => {
                 matches!(*s.orders.get(*order)?, O_PAID | O_CANCELLED).then(|| s.clone())
             }
-            Step::Read { counters } => (*counters == s.counters).then(|| s.clone()),
+            Step::Read {
+                counters,
+                waitlist_len,
+            } => (*counters == s.counters
+                && waitlist_len.is_none_or(|l| l as usize == s.queue.len()))
+            .then(|| s.clone()),
+            Step::Join { slot, position } => {
+                let j = self.joins.get(*slot)?;
+                if *s.joins.get(*slot)? != J_NONE
+                    || self.waiting(s, j.user)
+                    || Self::reservable(s) > 0
+                    || u64::from(*s.used.get(j.user)?) + u64::from(j.qty)
+                        > u64::from(self.per_user_limit)
+                {
+                    return None;
+                }
+                let mut n = s.clone();
+                n.joins[*slot] = J_WAITING;
+                n.queue.push(u16::try_from(*slot).ok()?);
+                if position.is_some_and(|p| p as usize != n.queue.len()) {
+                    return None;
+                }
+                Some(n)
+            }
+            Step::AlreadyWaitlisted { user } => self.waiting(s, *user).then(|| s.clone()),
+            Step::NotSoldOut { user } => {
+                (!self.waiting(s, *user) && Self::reservable(s) > 0).then(|| s.clone())
+            }
+            Step::JoinLimitExceeded { user, qty } => (!self.waiting(s, *user)
+                && Self::reservable(s) == 0
+                && u64::from(*s.used.get(*user)?) + u64::from(*qty)
+                    > u64::from(self.per_user_limit))
+            .then(|| s.clone()),
+            Step::Final(f) => self.final_matches(s, f).then(|| s.clone()),
         }
+    }
+
+    fn final_matches(&self, s: &State, f: &FinalObs) -> bool {
+        if f.impossible.is_some() || f.counters.is_some_and(|c| c != s.counters) {
+            return false;
+        }
+        let promoted_ok = f.promoted.iter().enumerate().all(|(j, want)| {
+            let promoted = s.joins.get(j) == Some(&J_PROMOTED);
+            match want {
+                Some(q) => promoted && s.granted.get(j) == Some(q),
+                None => !promoted,
+            }
+        });
+        promoted_ok
+            && f.holds
+                .iter()
+                .all(|(h, st)| s.holds.get(*h).is_some_and(|x| x == st))
     }
 
     /// Returns an awaiting or confirmed order's units to `available`.
     fn cancel(&self, s: &State, order: usize) -> Option<State> {
-        let (user, qty) = self.order_units(order)?;
+        let (user, qty) = self.order_units(s, order)?;
         let mut n = s.clone();
         match *s.orders.get(order)? {
             O_AWAITING => {
@@ -297,6 +480,7 @@ impl SaleModel {
         n.orders[order] = O_CANCELLED;
         n.counters.available += qty;
         n.used[user] = n.used[user].checked_sub(qty)?;
+        self.handoff(&mut n)?;
         Some(n)
     }
 }

@@ -340,6 +340,13 @@ fn final_hold(v: &Value, rids: &BTreeMap<u64, String>) -> Result<FinalHold, Stri
                 .map(str::to_string)
                 .or_else(|| rids.get(&hold_id).cloned())
         },
+        join_request_id: if from_waitlist {
+            v.get("request_id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        } else {
+            None
+        },
         from_waitlist,
         state,
         state_at_ms: v.get("state_at_ms").and_then(Value::as_u64),

@@ -2,10 +2,14 @@
 //!
 //! This module owns the sales a run creates ([`sale_plan`]: small sales with short hold
 //! TTLs and payment windows, two more opening every five seconds so reserves keep
-//! succeeding through the run), the client loop (reserve, release, checkout, pay, cancel, waitlist
-//! joins on one sale when it is sold out, read_sale; releases and cancels are frequent so
-//! units come back) and the [`Recorder`] that turns each request into a history [`Op`]
-//! with its invoke and completion times.
+//! succeeding through the run), the client loop (reserve, release, checkout, pay, cancel,
+//! read_sale, and waitlist joins: after a `sold_out` or `insufficient_stock` answer a
+//! client joins that sale's waitlist at a modest rate ([`WAITLIST_JOIN_PERMILLE_DEFAULT`],
+//! every sale; the run's knob), and at [`WAITLIST_JOIN_PERMILLE_HEAVY`] on the waitlist
+//! sale `js-w` of a `--waitlist` run, whose clients then keep at it without backing off;
+//! releases and cancels are frequent so units come back and go to the waitlist heads) and
+//! the [`Recorder`] that turns each request into a history [`Op`] with its invoke and
+//! completion times.
 //!
 //! An `Info` mutation is retried with the same call and request id (a new op in the
 //! history) at most [`INFO_RETRIES_MAX`] times, on the next node, to settle it. Clients
@@ -50,9 +54,12 @@ pub const CANCEL_PERMILLE: u64 = 500;
 pub const SOLD_OUT_BACKOFF: Duration = Duration::from_millis(800);
 /// … except for this share of its picks, per mille (to probe it).
 pub const SOLD_OUT_PROBE_PERMILLE: u64 = 100;
-/// Per mille of `sold_out` / `insufficient_stock` answers on a waitlist sale followed by a
-/// waitlist join.
-pub const WAITLIST_JOIN_PERMILLE: u64 = 500;
+/// Per mille of `sold_out` / `insufficient_stock` answers followed by a waitlist join of
+/// that user to that sale, by default (every sale, every run; an `insufficient_stock`
+/// answer makes it a probe of the `not_sold_out` refusal).
+pub const WAITLIST_JOIN_PERMILLE_DEFAULT: u64 = 150;
+/// The same on the waitlist sale of a `--waitlist` run (whose clients do not back off).
+pub const WAITLIST_JOIN_PERMILLE_HEAVY: u64 = 500;
 /// Sale price of every unit, minor units.
 pub const PRICE_MINOR: u64 = 1_000;
 pub const CURRENCY: &str = "EUR";
@@ -63,7 +70,8 @@ pub struct SalePlan {
     pub meta: SaleMeta,
     /// Milliseconds after the run's start at which it opens.
     pub opens_after_ms: u64,
-    /// Clients join its waitlist when it is sold out.
+    /// Clients keep reserving it when sold out (no back-off) and join its waitlist at
+    /// [`WAITLIST_JOIN_PERMILLE_HEAVY`].
     pub waitlist: bool,
 }
 
@@ -91,8 +99,7 @@ const SALE_SHAPES: [(u32, u32, u64, u64); 6] = [
 /// The sales of a run of `run_ms`: [`SALES_PER_WAVE`] small sales with short TTLs and
 /// payment windows open every [`WAVE_MS`] (at most [`WAVES_MAX`] waves), so fresh stock
 /// keeps coming while earlier sales sell out; plus one tiny sale (`js-w`) open from the
-/// start whose waitlist clients may join (not judged by the linearizability checker, which
-/// does not model the waitlist).
+/// start, the waitlist sale of a `--waitlist` run.
 pub fn sale_plan(run_ms: u64) -> Vec<SalePlan> {
     let waves = (run_ms / WAVE_MS).clamp(1, WAVES_MAX);
     let mut out = vec![SalePlan {
@@ -221,6 +228,9 @@ pub struct Worker {
     pub run_ms: u64,
     /// Sales this client saw sold out, and until when it leaves them alone.
     sold_out_until: std::collections::BTreeMap<String, Instant>,
+    /// Per mille of sold-out answers followed by a waitlist join (sales not marked
+    /// `waitlist`).
+    join_permille: u64,
     seq: u64,
     holds: Vec<KnownHold>,
     orders: Vec<KnownOrder>,
@@ -407,10 +417,18 @@ impl Worker {
             start,
             run_ms,
             sold_out_until: std::collections::BTreeMap::new(),
+            join_permille: WAITLIST_JOIN_PERMILLE_DEFAULT,
             seq: 0,
             holds: Vec::new(),
             orders: Vec::new(),
         }
+    }
+
+    /// Sets the per mille of sold-out answers followed by a waitlist join (0: none,
+    /// except on a sale marked `waitlist`).
+    pub fn with_join_permille(mut self, permille: u64) -> Worker {
+        self.join_permille = permille.min(1_000);
+        self
     }
 
     fn node(&self) -> &str {
@@ -628,23 +646,26 @@ impl Worker {
                     hold_id,
                 });
             }
-            Outcome::Fail { code, .. } if code == "sold_out" && !plan.waitlist => {
-                self.sold_out_until
-                    .insert(sale.sale_id, Instant::now() + SOLD_OUT_BACKOFF);
-            }
-            Outcome::Fail { code, .. }
-                if plan.waitlist
-                    && (code == "sold_out" || code == "insufficient_stock")
-                    && self.rng.below(1_000) < WAITLIST_JOIN_PERMILLE =>
-            {
-                let rid = self.request_id();
-                let call = Call::JoinWaitlist {
-                    sale_id: sale.sale_id,
-                    user_id: user,
-                    qty,
-                    request_id: rid,
+            Outcome::Fail { code, .. } if code == "sold_out" || code == "insufficient_stock" => {
+                if code == "sold_out" && !plan.waitlist {
+                    self.sold_out_until
+                        .insert(sale.sale_id.clone(), Instant::now() + SOLD_OUT_BACKOFF);
+                }
+                let rate = if plan.waitlist {
+                    WAITLIST_JOIN_PERMILLE_HEAVY
+                } else {
+                    self.join_permille
                 };
-                self.run_call(call).await?;
+                if rate > 0 && self.rng.below(1_000) < rate {
+                    let rid = self.request_id();
+                    let call = Call::JoinWaitlist {
+                        sale_id: sale.sale_id,
+                        user_id: user,
+                        qty,
+                        request_id: rid,
+                    };
+                    self.run_call(call).await?;
+                }
             }
             _ => {}
         }

@@ -78,6 +78,7 @@ pub fn hold(
         expires_at_ms,
         request_id: Some(rid.into()),
         from_waitlist: false,
+        join_request_id: None,
         state,
         state_at_ms: None,
         order_id: order,

@@ -170,22 +170,6 @@ fn orders_return_units_on_cancel_and_failed_payment() {
     assert_eq!(lin(&b2.build()), Verdict::Invalid);
 }
 
-#[test]
-fn a_waitlisted_sale_is_unknown_not_valid() {
-    let mut b = good();
-    let j = b.invoke(
-        9,
-        Call::JoinWaitlist {
-            sale_id: SALE.into(),
-            user_id: "zoe".into(),
-            qty: 1,
-            request_id: "w1".into(),
-        },
-    );
-    b.ok(j, 14, 15, OkValue::WaitlistJoined { position: 1 });
-    assert_eq!(lin(&b.build()), Verdict::Unknown);
-}
-
 /// A large valid history of overlapping ops with tiny limits: the search must give up
 /// and say unknown, never valid.
 #[test]

@@ -3,6 +3,7 @@
 
 mod common;
 mod history_io;
+mod lin_waitlist;
 mod linearizability;
 mod props;
 mod report;
