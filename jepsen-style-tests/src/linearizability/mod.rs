@@ -15,13 +15,25 @@
 //!   observations; other `Fail` ops changed nothing and are dropped.
 //! - Every hold gets an optional expiry event from `expires_at − skew`; every awaiting
 //!   order an optional payment-timeout event from `pay_by − skew`.
-//! - Linearizable reads are required observations of the counters; stale reads are
-//!   dropped. Ops on holds or orders this history never created are dropped (counted).
+//! - Linearizable reads are required observations of the counters and the waitlist's
+//!   length; stale reads are dropped. Ops on holds or orders this history never created
+//!   are dropped (counted).
+//! - Waitlist joins that were acknowledged or may have happened each get a join slot and
+//!   the hold slot of their possible promotion; `not_sold_out`, `already_waitlisted` and
+//!   a join's `limit_exceeded` are required observations.
+//! - With the final state: one last required observation after every op
+//!   ([`model::Step::Final`]: counters, promotions, end states of known holds). It also
+//!   settles what it can: an unknown reserve / checkout / join whose record (by request
+//!   id) exists happened (required, by the end) and one without did not (dropped); an
+//!   unknown release / pay / cancel whose hold or order did not end that way did not
+//!   happen, and did if it is the only such op on it; a hold that ended expired with no
+//!   refusal that expired it was expired by a tick (required), any other end rules the
+//!   tick out; the same for payment timeouts. A waitlist hold of a join that cannot have
+//!   happened makes the final observation impossible.
 //!
 //! Verdicts: `Valid` only if a linearization was found; `Invalid` with the longest
 //! linearizable prefix and the op that could not follow it; `Unknown` if the search hit
-//! its step or time limit, the sale had waitlist activity (not modeled), or the sale is
-//! missing from the history's meta.
+//! its step or time limit, or the sale is missing from the history's meta.
 
 pub mod model;
 pub mod wgl;
