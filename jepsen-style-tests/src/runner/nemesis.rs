@@ -11,7 +11,9 @@
 //! by a restart without skew); partitions with nftables in per-node namespaces (isolate
 //! the leader, majority/minority, bridge and ring over 5 nodes; healed by deleting the
 //! rules); delay and loss on the links into one node or all nodes through the userspace
-//! proxy (healed by clearing the fault). Membership changes talk HTTP, so the scheduler in
+//! proxy (healed by clearing the fault), and on one link `a → b` only (one direction,
+//! `--backend netns`, where the proxy tells senders apart by their namespace address).
+//! Membership changes talk HTTP, so the scheduler in
 //! [`super::run`] does them (with [`super::membership`]). The same nemesis drives the
 //! Docker backend ([`super::docker`]): kill is `docker kill -s KILL`, pause
 //! `docker pause`, skew a recreated container, partitions the same nftables rules inside
@@ -53,6 +55,10 @@ pub enum FaultKind {
     PartitionRing,
     Delay,
     Loss,
+    /// Delay on one link `a → b` only.
+    LinkDelay,
+    /// Loss on one link `a → b` only.
+    LinkLoss,
     MemberAdd,
     MemberRemove,
 }
@@ -71,6 +77,8 @@ impl FaultKind {
             FaultKind::PartitionRing => "partition_ring",
             FaultKind::Delay => "delay",
             FaultKind::Loss => "loss",
+            FaultKind::LinkDelay => "link_delay",
+            FaultKind::LinkLoss => "link_loss",
             FaultKind::MemberAdd => "member_add",
             FaultKind::MemberRemove => "member_remove",
         }
@@ -86,7 +94,20 @@ impl FaultKind {
 
     /// Faults that need the proxy.
     pub fn is_link(self) -> bool {
-        matches!(self, FaultKind::Delay | FaultKind::Loss)
+        matches!(
+            self,
+            FaultKind::Delay | FaultKind::Loss | FaultKind::LinkDelay | FaultKind::LinkLoss
+        )
+    }
+
+    /// Faults on one link `a → b` (the proxy must tell the senders apart: netns).
+    pub fn is_one_link(self) -> bool {
+        matches!(self, FaultKind::LinkDelay | FaultKind::LinkLoss)
+    }
+
+    /// Delay faults (they take effect by delaying chunks; the others by losing).
+    pub fn is_delay(self) -> bool {
+        matches!(self, FaultKind::Delay | FaultKind::LinkDelay)
     }
 
     pub fn is_membership(self) -> bool {
@@ -95,8 +116,8 @@ impl FaultKind {
 
     /// The kinds a `--nemesis` word names: `kill`, `kill-leader`, `pause`, `skew`,
     /// `partition` (leader isolation and majority/minority), `partition5` (also bridge
-    /// and ring: 5 nodes), `proxy` (delay and loss), `membership` (add and remove), or a
-    /// kind's own name (`-` or `_`).
+    /// and ring: 5 nodes), `proxy` (delay and loss), `links` (delay and loss on one link
+    /// `a → b`; netns), `membership` (add and remove), or a kind's own name (`-` or `_`).
     pub fn parse_group(word: &str) -> Option<Vec<FaultKind>> {
         use FaultKind::*;
         Some(match word.trim() {
@@ -120,6 +141,9 @@ impl FaultKind {
             "proxy" => vec![Delay, Loss],
             "delay" => vec![Delay],
             "loss" => vec![Loss],
+            "links" => vec![LinkDelay, LinkLoss],
+            "link-delay" | "link_delay" => vec![LinkDelay],
+            "link-loss" | "link_loss" => vec![LinkLoss],
             "membership" => vec![MemberAdd, MemberRemove],
             "member-add" | "member_add" => vec![MemberAdd],
             "member-remove" | "member_remove" => vec![MemberRemove],
@@ -167,6 +191,11 @@ pub trait ClusterControl: Send {
     fn heal_partition(&mut self) -> Result<(), String>;
     /// Sets a delay/loss fault on the links into `dests`.
     fn link_fault(&mut self, dests: &[u64], f: LinkFault) -> Result<(), String>;
+    /// Sets a delay/loss fault on the one link `from → to`.
+    fn one_link_fault(&mut self, from: u64, to: u64, f: LinkFault) -> Result<(), String> {
+        let _ = (from, to, f);
+        Err("this backend has no per-link faults".into())
+    }
     fn heal_links(&mut self) -> Result<(), String>;
     fn proxy_stats(&self) -> Option<ProxyStats>;
     /// How the faults are done, for the fault log.
@@ -244,6 +273,14 @@ impl ClusterControl for ProcessCluster {
             ),
         }
     }
+    fn one_link_fault(&mut self, from: u64, to: u64, f: LinkFault) -> Result<(), String> {
+        match self.proxy() {
+            Some(p) => p.set_link_fault(from, to, f),
+            None => Err(
+                "link faults need the proxy (it is on when the nemesis has delay or loss)".into(),
+            ),
+        }
+    }
     fn heal_links(&mut self) -> Result<(), String> {
         if let Some(p) = self.proxy() {
             p.heal();
@@ -295,6 +332,42 @@ fn shuffled(ids: &[u64], rng: &mut Rng) -> Vec<u64> {
     out
 }
 
+/// The link `a → b` a one-link fault acts on: half the time one end is the leader (as
+/// sender or receiver), else two nodes at random; `a != b`.
+pub fn link_pair(ids: &[u64], leader: Option<u64>, rng: &mut Rng) -> Option<(u64, u64)> {
+    if ids.len() < 2 {
+        return None;
+    }
+    let l = leader.filter(|l| ids.contains(l) && rng.below(2) == 0);
+    let a = match l {
+        Some(l) if rng.below(2) == 0 => l,
+        _ => {
+            let pool: Vec<u64> = ids.iter().copied().filter(|&i| Some(i) != l).collect();
+            let a = pick(&pool, rng)?;
+            if let Some(l) = l {
+                return Some((a, l));
+            }
+            a
+        }
+    };
+    let rest: Vec<u64> = ids.iter().copied().filter(|&i| i != a).collect();
+    Some((a, pick(&rest, rng)?))
+}
+
+fn link_fault_of(kind: FaultKind, rng: &mut Rng) -> LinkFault {
+    if kind.is_delay() {
+        LinkFault {
+            delay_ms: rng.between(DELAY_MS_MIN, DELAY_MS_MAX),
+            loss_permille: 0,
+        }
+    } else {
+        LinkFault {
+            delay_ms: 0,
+            loss_permille: rng.between(LOSS_PERMILLE_MIN, LOSS_PERMILLE_MAX),
+        }
+    }
+}
+
 fn pick(ids: &[u64], rng: &mut Rng) -> Option<u64> {
     if ids.is_empty() {
         return None;
@@ -329,6 +402,9 @@ impl Nemesis for ProcessNemesis {
                     _ => pick(&ids, rng).into_iter().collect(),
                 }
             }
+            FaultKind::LinkDelay | FaultKind::LinkLoss => link_pair(&ids, leader, rng)
+                .map(|(a, b)| vec![a, b])
+                .unwrap_or_default(),
             FaultKind::MemberAdd | FaultKind::MemberRemove => {
                 return (
                     vec![],
@@ -387,6 +463,22 @@ impl Nemesis for ProcessNemesis {
                         format!("partition failed: {e}"),
                         Undo::HealPartition,
                     ),
+                }
+            }
+            FaultKind::LinkDelay | FaultKind::LinkLoss => {
+                let (a, b) = match targets.as_slice() {
+                    [a, b] => (*a, *b),
+                    _ => return (targets, false, "no link".into(), Undo::Nothing),
+                };
+                let f = link_fault_of(kind, rng);
+                match ctl.one_link_fault(a, b, f) {
+                    Ok(()) => (
+                        targets.clone(),
+                        true,
+                        format!("link n{a} → n{b} only: {f:?}"),
+                        Undo::HealLinks,
+                    ),
+                    Err(e) => (targets, false, e, Undo::Nothing),
                 }
             }
             FaultKind::Delay | FaultKind::Loss => {
@@ -506,5 +598,41 @@ impl Nemesis for ProcessNemesis {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_pair_is_two_distinct_nodes_often_with_the_leader() {
+        let ids = [1, 2, 3];
+        let mut rng = Rng::new(5);
+        let (mut from_leader, mut to_leader) = (0, 0);
+        for _ in 0..300 {
+            let (a, b) = link_pair(&ids, Some(2), &mut rng).expect("a pair");
+            assert!(a != b && ids.contains(&a) && ids.contains(&b));
+            from_leader += u32::from(a == 2);
+            to_leader += u32::from(b == 2);
+        }
+        assert!(
+            from_leader > 50 && to_leader > 50,
+            "{from_leader} {to_leader}"
+        );
+        assert_eq!(link_pair(&[1], Some(1), &mut rng), None);
+        // Same seed, same pairs.
+        let a: Vec<_> = (0..5)
+            .scan(Rng::new(9), |r, _| Some(link_pair(&ids, None, r)))
+            .collect();
+        let b: Vec<_> = (0..5)
+            .scan(Rng::new(9), |r, _| Some(link_pair(&ids, None, r)))
+            .collect();
+        assert_eq!(a, b);
+        assert_eq!(
+            FaultKind::parse_group("links"),
+            Some(vec![FaultKind::LinkDelay, FaultKind::LinkLoss])
+        );
+        assert!(FaultKind::LinkLoss.is_link() && FaultKind::LinkLoss.is_one_link());
     }
 }

@@ -205,6 +205,12 @@ impl ProcessCluster {
                 format!("127.0.0.1:{}", free_port()?),
             ),
         };
+        if let (Some(p), Some(ns)) = (&self.proxy, &self.netns) {
+            // Each node connects from its namespace address: per-link faults can tell it.
+            if let Ok(ip) = ns.node_ip(id).parse() {
+                p.register_source(ip, id);
+            }
+        }
         let grpc_advertise = match &self.proxy {
             Some(p) => {
                 let target = grpc

@@ -11,12 +11,21 @@
 //!   [`LOSS_TICK`] each open connection is, with that share, reset (RST) or blackholed for
 //!   an interval (its bytes held, none delivered, then released).
 //!
+//! Per-link faults (sender → destination, one direction only): on the namespace network
+//! each node connects from its own address, so the listener of node `b` tells a
+//! connection from node `a` by its source address ([`Proxy::register_source`]). A fault
+//! set on the link `a → b` ([`Proxy::set_link_fault`]) acts on `a`'s connections into `b`
+//! only: its delay and blackholes on the bytes `a` sends (the answers `b` sends back on
+//! them, and `b`'s own connections into `a`, are untouched); its refusals and resets on
+//! those connections (a reset ends the connection, both ways, as TCP must). On loopback
+//! every sender has the same address, so no link fault can be placed there.
+//!
 //! Works on loopback and on the namespace network (the listener binds the runner's address
 //! there). It must not look into the bytes, and every queue, connection count and interval
 //! is bounded by a named const. Dropping the [`Proxy`] stops every listener and connection.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -93,6 +102,10 @@ struct Dest {
 
 struct Inner {
     dests: Mutex<BTreeMap<u64, Dest>>,
+    /// Faults on one link `(from, to)`.
+    links: Mutex<BTreeMap<(u64, u64), LinkFault>>,
+    /// Which node connects from which address.
+    sources: Mutex<BTreeMap<IpAddr, u64>>,
     tasks: Mutex<Vec<AbortHandle>>,
     counters: Counters,
     next_conn: AtomicU64,
@@ -106,6 +119,22 @@ impl Inner {
             .ok()
             .and_then(|d| d.get(&dest).map(|x| x.fault))
             .unwrap_or_default()
+    }
+
+    /// The fault on the link from `src` (if known) into `dest`.
+    fn link(&self, src: Option<u64>, dest: u64) -> LinkFault {
+        let Some(src) = src else {
+            return LinkFault::default();
+        };
+        self.links
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&(src, dest)).copied())
+            .unwrap_or_default()
+    }
+
+    fn source_of(&self, ip: IpAddr) -> Option<u64> {
+        self.sources.lock().ok().and_then(|s| s.get(&ip).copied())
     }
 
     fn track(&self, h: AbortHandle) {
@@ -129,6 +158,8 @@ impl Proxy {
         Proxy {
             inner: Arc::new(Inner {
                 dests: Mutex::new(BTreeMap::new()),
+                links: Mutex::new(BTreeMap::new()),
+                sources: Mutex::new(BTreeMap::new()),
                 tasks: Mutex::new(Vec::new()),
                 counters: Counters::default(),
                 next_conn: AtomicU64::new(0),
@@ -198,22 +229,70 @@ impl Proxy {
         }
     }
 
-    /// Clears every fault.
+    /// Names the node whose connections come from `ip` (per-link faults need it).
+    pub fn register_source(&self, ip: IpAddr, node: u64) {
+        if let Ok(mut s) = self.inner.sources.lock() {
+            s.insert(ip, node);
+        }
+    }
+
+    /// Whether connections from `from` can be told from the others (its address is
+    /// registered and no other node shares it).
+    pub fn can_tell(&self, from: u64) -> bool {
+        self.inner
+            .sources
+            .lock()
+            .map(|s| s.values().filter(|&&n| n == from).count() == 1)
+            .unwrap_or(false)
+    }
+
+    /// Sets the fault on the link `from → to` only (see the module doc).
+    pub fn set_link_fault(&self, from: u64, to: u64, f: LinkFault) -> Result<(), String> {
+        if from == to {
+            return Err(format!("no link from n{from} to itself"));
+        }
+        if !self.can_tell(from) {
+            return Err(format!(
+                "the proxy cannot tell n{from}'s connections from the others' (per-link \
+                 faults need each node on an address of its own: --backend netns)"
+            ));
+        }
+        if self.listen_addr(to).is_none() {
+            return Err(format!("no proxy listener for n{to}"));
+        }
+        if let Ok(mut l) = self.inner.links.lock() {
+            l.insert((from, to), f);
+        }
+        Ok(())
+    }
+
+    /// Clears every fault (destination and link).
     pub fn heal(&self) {
         if let Ok(mut d) = self.inner.dests.lock() {
             for x in d.values_mut() {
                 x.fault = LinkFault::default();
             }
         }
+        if let Ok(mut l) = self.inner.links.lock() {
+            l.clear();
+        }
     }
 
     /// Whether any link is faulty now.
     pub fn faulty(&self) -> bool {
-        self.inner
+        let dests = self
+            .inner
             .dests
             .lock()
             .map(|d| d.values().any(|x| x.fault != LinkFault::default()))
-            .unwrap_or(false)
+            .unwrap_or(false);
+        let links = self
+            .inner
+            .links
+            .lock()
+            .map(|l| l.values().any(|f| *f != LinkFault::default()))
+            .unwrap_or(false);
+        dests || links
     }
 
     pub fn stats(&self) -> ProxyStats {
@@ -252,8 +331,8 @@ async fn accept_loop(
     inner: Arc<Inner>,
 ) {
     loop {
-        let down = match l.accept().await {
-            Ok((s, _)) => s,
+        let (down, src) = match l.accept().await {
+            Ok((s, peer)) => (s, inner.source_of(peer.ip())),
             Err(_) => {
                 // Out of descriptors or similar: back off instead of spinning.
                 tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
@@ -262,7 +341,7 @@ async fn accept_loop(
         };
         let conn = inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut rng = Rng::new(inner.seed).fork(conn);
-        let f = inner.fault(dest);
+        let f = effective(inner.fault(dest), inner.link(src, dest), true);
         if open.load(Ordering::Relaxed) >= CONNS_PER_DEST_MAX
             || (f.loss_permille > 0 && rng.below(1_000) < f.loss_permille)
         {
@@ -276,17 +355,45 @@ async fn accept_loop(
         let inner2 = inner.clone();
         let open2 = open.clone();
         let h = tokio::spawn(async move {
-            serve(down, dest, target, rng, inner2).await;
+            serve(down, src, dest, target, rng, inner2).await;
             open2.fetch_sub(1, Ordering::Relaxed);
         });
         inner.track(h.abort_handle());
     }
 }
 
-/// When the bytes of a blackholed connection may flow again.
+/// When the bytes of a blackholed connection (one direction) may flow again.
 type Hold = Arc<Mutex<Instant>>;
 
-async fn serve(down: TcpStream, dest: u64, target: SocketAddr, mut rng: Rng, inner: Arc<Inner>) {
+/// The fault that acts on one direction of a connection from `src` into `dest`: the
+/// destination's fault (both directions) combined with the link's (the sender's bytes,
+/// `toward_dest`, only; its loss share, for refusals and resets, on the whole
+/// connection).
+pub fn effective(dest: LinkFault, link: LinkFault, toward_dest: bool) -> LinkFault {
+    LinkFault {
+        delay_ms: if toward_dest {
+            dest.delay_ms.max(link.delay_ms)
+        } else {
+            dest.delay_ms
+        },
+        loss_permille: dest.loss_permille.max(link.loss_permille),
+    }
+}
+
+fn extend(h: &Hold, ms: u64) {
+    if let Ok(mut h) = h.lock() {
+        *h = (*h).max(Instant::now() + Duration::from_millis(ms));
+    }
+}
+
+async fn serve(
+    down: TcpStream,
+    src: Option<u64>,
+    dest: u64,
+    target: SocketAddr,
+    mut rng: Rng,
+    inner: Arc<Inner>,
+) {
     let up = match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(target)).await
     {
         Ok(Ok(s)) => s,
@@ -300,12 +407,37 @@ async fn serve(down: TcpStream, dest: u64, target: SocketAddr, mut rng: Rng, inn
     // A reset is the halves dropped with linger 0: RST both ways.
     reset(&up);
     reset(&down);
-    let hold: Hold = Arc::new(Mutex::new(Instant::now()));
+    // The sender's bytes toward `dest`, and the answers back.
+    let hold_to: Hold = Arc::new(Mutex::new(Instant::now()));
+    let hold_back: Hold = Arc::new(Mutex::new(Instant::now()));
     let (dr, dw) = down.into_split();
     let (ur, uw) = up.into_split();
     let mut set = tokio::task::JoinSet::new();
-    set.spawn(pump(dr, uw, dest, hold.clone(), rng.fork(1), inner.clone()));
-    set.spawn(pump(ur, dw, dest, hold.clone(), rng.fork(2), inner.clone()));
+    let to = Dir {
+        src,
+        dest,
+        toward_dest: true,
+    };
+    let back = Dir {
+        toward_dest: false,
+        ..to
+    };
+    set.spawn(pump(
+        dr,
+        uw,
+        to,
+        hold_to.clone(),
+        rng.fork(1),
+        inner.clone(),
+    ));
+    set.spawn(pump(
+        ur,
+        dw,
+        back,
+        hold_back.clone(),
+        rng.fork(2),
+        inner.clone(),
+    ));
     let mut tick = tokio::time::interval(LOSS_TICK);
     loop {
         tokio::select! {
@@ -314,8 +446,13 @@ async fn serve(down: TcpStream, dest: u64, target: SocketAddr, mut rng: Rng, inn
                 // One direction ended: let the other drain, bounded by the tick loop.
             }
             _ = tick.tick() => {
-                let f = inner.fault(dest);
-                if f.loss_permille == 0 || rng.below(1_000) >= f.loss_permille {
+                // The destination's loss first (both directions), then the link's (the
+                // sender's bytes only).
+                let (fd, fl) = (inner.fault(dest), inner.link(src, dest));
+                let both = fd.loss_permille > 0 && rng.below(1_000) < fd.loss_permille;
+                let link_only =
+                    !both && fl.loss_permille > 0 && rng.below(1_000) < fl.loss_permille;
+                if !both && !link_only {
                     continue;
                 }
                 if rng.below(2) == 0 {
@@ -325,19 +462,28 @@ async fn serve(down: TcpStream, dest: u64, target: SocketAddr, mut rng: Rng, inn
                 }
                 inner.counters.blackholes.fetch_add(1, Ordering::Relaxed);
                 let ms = rng.between(BLACKHOLE_MS.0, BLACKHOLE_MS.1);
-                if let Ok(mut h) = hold.lock() {
-                    *h = (*h).max(Instant::now() + Duration::from_millis(ms));
+                extend(&hold_to, ms);
+                if both {
+                    extend(&hold_back, ms);
                 }
             }
         }
     }
 }
 
+/// One direction of a connection.
+#[derive(Debug, Clone, Copy)]
+struct Dir {
+    src: Option<u64>,
+    dest: u64,
+    toward_dest: bool,
+}
+
 /// One direction: read chunks, stamp each with its release time, write them in order.
 async fn pump(
     mut r: tokio::net::tcp::OwnedReadHalf,
     mut w: tokio::net::tcp::OwnedWriteHalf,
-    dest: u64,
+    dir: Dir,
     hold: Hold,
     mut rng: Rng,
     inner: Arc<Inner>,
@@ -352,7 +498,11 @@ async fn pump(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let f = inner2.fault(dest);
+            let f = effective(
+                inner2.fault(dir.dest),
+                inner2.link(dir.src, dir.dest),
+                dir.toward_dest,
+            );
             let mut at = Instant::now();
             if f.delay_ms > 0 {
                 let jitter = rng.below(JITTER_MS_MAX + 1);
@@ -444,6 +594,136 @@ mod tests {
         p.heal();
         assert!(!p.faulty());
         assert_eq!(round_trip(addr, &msg).await.expect("healed"), msg);
+        assert_eq!(p.stats().delayed_chunks, delayed);
+    }
+
+    /// A round trip from a socket bound to `from` (a loopback address of its own).
+    async fn round_trip_from(from: &str, addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        sock.bind(format!("{from}:0").parse().expect("addr"))?;
+        let mut s = sock.connect(addr).await?;
+        s.write_all(msg).await?;
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).await?;
+        Ok(got)
+    }
+
+    #[test]
+    fn a_link_fault_acts_on_the_senders_bytes_only() {
+        let none = LinkFault::default();
+        let d = LinkFault {
+            delay_ms: 50,
+            loss_permille: 0,
+        };
+        let l = LinkFault {
+            delay_ms: 120,
+            loss_permille: 300,
+        };
+        assert_eq!(effective(none, l, true), l);
+        assert_eq!(
+            effective(none, l, false),
+            LinkFault {
+                delay_ms: 0,
+                loss_permille: 300
+            },
+            "the answers are not delayed; the connection's loss share is the link's"
+        );
+        assert_eq!(
+            effective(d, none, false),
+            d,
+            "a destination fault: both ways"
+        );
+        assert_eq!(effective(d, l, true).delay_ms, 120);
+        assert_eq!(effective(d, none, true), d);
+    }
+
+    #[tokio::test]
+    async fn a_link_fault_is_placed_by_the_senders_address() {
+        let target = echo().await;
+        let p = Proxy::new(tokio::runtime::Handle::current(), "127.0.0.1", 3);
+        let into1 = p.add_dest(1, target).expect("listen");
+        let into2 = p.add_dest(2, target).expect("listen");
+        let f = LinkFault {
+            delay_ms: DELAY_MS_MIN,
+            loss_permille: 0,
+        };
+        // Senders unknown (every node on one address): refused.
+        assert!(p.set_link_fault(2, 1, f).is_err());
+        p.register_source("127.0.0.2".parse().expect("ip"), 2);
+        p.register_source("127.0.0.3".parse().expect("ip"), 3);
+        assert!(p.set_link_fault(2, 2, f).is_err(), "no link to itself");
+        assert!(p.set_link_fault(2, 9, f).is_err(), "no listener for n9");
+        p.set_link_fault(2, 1, f).expect("n2 → n1");
+        assert!(p.faulty());
+        let msg: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+        // n3 → n1 and n2 → n2's listener (the link n1 → n2 direction) are untouched.
+        assert_eq!(
+            round_trip_from("127.0.0.3", into1, &msg)
+                .await
+                .expect("n3→n1"),
+            msg
+        );
+        assert_eq!(
+            round_trip_from("127.0.0.1", into2, &msg)
+                .await
+                .expect("n1→n2"),
+            msg
+        );
+        assert_eq!(
+            round_trip_from("127.0.0.2", into2, &msg)
+                .await
+                .expect("n2→n2"),
+            msg
+        );
+        assert_eq!(p.stats().delayed_chunks, 0);
+        // n2 → n1: delayed.
+        let t = Instant::now();
+        assert_eq!(
+            round_trip_from("127.0.0.2", into1, &msg)
+                .await
+                .expect("n2→n1"),
+            msg
+        );
+        assert!(t.elapsed() >= Duration::from_millis(DELAY_MS_MIN));
+        assert!(p.stats().delayed_chunks > 0);
+        // Full loss on n3 → n2 refuses n3's connections there and nobody else's.
+        p.set_link_fault(
+            3,
+            2,
+            LinkFault {
+                delay_ms: 0,
+                loss_permille: 1_000,
+            },
+        )
+        .expect("n3 → n2");
+        assert!(round_trip_from("127.0.0.3", into2, b"hi").await.is_err());
+        assert_eq!(
+            round_trip_from("127.0.0.2", into2, b"hi")
+                .await
+                .expect("n2→n2"),
+            b"hi"
+        );
+        assert_eq!(
+            round_trip_from("127.0.0.3", into1, b"hi")
+                .await
+                .expect("n3→n1"),
+            b"hi"
+        );
+        p.heal();
+        assert!(!p.faulty());
+        let delayed = p.stats().delayed_chunks;
+        assert_eq!(
+            round_trip_from("127.0.0.2", into1, &msg)
+                .await
+                .expect("healed"),
+            msg
+        );
+        assert_eq!(
+            round_trip_from("127.0.0.3", into2, b"hi")
+                .await
+                .expect("healed"),
+            b"hi"
+        );
         assert_eq!(p.stats().delayed_chunks, delayed);
     }
 

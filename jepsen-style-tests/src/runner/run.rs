@@ -133,6 +133,14 @@ impl RunConfig {
         if links && self.backend == Backend::Docker {
             return Err(super::docker::LINK_FAULTS_UNSUPPORTED.into());
         }
+        if self.nemesis.iter().any(|k| k.is_one_link()) && self.backend != Backend::Netns {
+            return Err(
+                "one-link faults (link-delay, link-loss) need --backend netns: the proxy \
+                 tells the sender by its namespace address (on loopback every node shares \
+                 127.0.0.1)"
+                    .into(),
+            );
+        }
         if self.backend == Backend::Docker
             && !(super::docker::COMPOSE_INITIAL..=super::docker::NODES_MAX).contains(&self.nodes)
         {
@@ -651,7 +659,7 @@ async fn nemesis_loop(
             let delayed = a.delayed_chunks - b.delayed_chunks;
             let lost =
                 (a.refused + a.resets + a.blackholes) - (b.refused + b.resets + b.blackholes);
-            rec.took_effect = if kind == FaultKind::Delay {
+            rec.took_effect = if kind.is_delay() {
                 delayed > 0
             } else {
                 lost > 0
@@ -786,6 +794,7 @@ pub fn long_plans(seeds: u64) -> Vec<Plan> {
         plan("partition5", &["partition5"], 5, Netns, LONG_RUN),
         plan("proxy", &["proxy"], 3, Local, LONG_RUN),
         plan("proxy-netns", &["proxy"], 3, Netns, LONG_RUN),
+        plan("links-netns", &["links"], 3, Netns, LONG_RUN),
         plan("membership", &["membership"], 3, Local, LONG_RUN),
         plan(
             "mixed-netns",
