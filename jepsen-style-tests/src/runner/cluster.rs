@@ -139,6 +139,9 @@ impl ClusterControl for Cluster {
     fn link_fault(&mut self, dests: &[u64], f: LinkFault) -> Result<(), String> {
         self.ctl().link_fault(dests, f)
     }
+    fn one_link_fault(&mut self, from: u64, to: u64, f: LinkFault) -> Result<(), String> {
+        self.ctl().one_link_fault(from, to, f)
+    }
     fn heal_links(&mut self) -> Result<(), String> {
         self.ctl().heal_links()
     }
