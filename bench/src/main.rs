@@ -311,11 +311,15 @@ async fn bench(a: &Args, dir: &Path) -> Result<Results> {
     let s = start(a, dir).await?;
     let st_http = stockade::Stockade {
         cluster: s.stockade.clone(),
-        grpc: false,
+        proto: stockade::Proto::Http,
     };
     let st_grpc = stockade::Stockade {
         cluster: s.stockade.clone(),
-        grpc: true,
+        proto: stockade::Proto::Grpc,
+    };
+    let st_stream = stockade::Stockade {
+        cluster: s.stockade.clone(),
+        proto: stockade::Proto::GrpcStream,
     };
     let e_cas = etcd::Etcd {
         cluster: s.etcd.clone(),
@@ -336,6 +340,7 @@ async fn bench(a: &Args, dir: &Path) -> Result<Results> {
     let names = [
         st_http.name(),
         st_grpc.name(),
+        st_stream.name(),
         s.redis_always.name(),
         s.redis_off.name(),
         e_cas.name(),
@@ -376,11 +381,12 @@ async fn bench(a: &Args, dir: &Path) -> Result<Results> {
                 let r = match i {
                     0 => run_one(&st_http, &cell, round, &phase, seq).await,
                     1 => run_one(&st_grpc, &cell, round, &phase, seq).await,
-                    2 => run_one(&s.redis_always, &cell, round, &phase, seq).await,
-                    3 => run_one(&s.redis_off, &cell, round, &phase, seq).await,
-                    4 => run_one(&e_cas, &cell, round, &phase, seq).await,
-                    5 => run_one(&e_units, &cell, round, &phase, seq).await,
-                    6 => run_one(&p_hot, &cell, round, &phase, seq).await,
+                    2 => run_one(&st_stream, &cell, round, &phase, seq).await,
+                    3 => run_one(&s.redis_always, &cell, round, &phase, seq).await,
+                    4 => run_one(&s.redis_off, &cell, round, &phase, seq).await,
+                    5 => run_one(&e_cas, &cell, round, &phase, seq).await,
+                    6 => run_one(&e_units, &cell, round, &phase, seq).await,
+                    7 => run_one(&p_hot, &cell, round, &phase, seq).await,
                     _ => run_one(&p_skip, &cell, round, &phase, seq).await,
                 };
                 runs.push(r?);

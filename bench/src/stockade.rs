@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use stockade_api::dto::{ClusterStatusDto, ProductDto, SaleDto, SaleIdDto, SaleSpecDto};
-use stockade_cli::bench::{grpc_clients, StockadeTarget, Transport};
+use stockade_cli::bench::{grpc_clients, ReserveLanes, StockadeTarget, Transport};
 use stockade_cli::client::{seg, Client};
 
 use crate::sys::{port_free, Proc};
@@ -116,10 +116,20 @@ impl Cluster {
     }
 }
 
+/// How the load generator talks to Stockade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Http,
+    /// Unary gRPC calls.
+    Grpc,
+    /// Reservations over `ReserveStream` lanes (one long-lived stream per channel).
+    GrpcStream,
+}
+
 /// Stockade over one protocol.
 pub struct Stockade {
     pub cluster: Arc<Cluster>,
-    pub grpc: bool,
+    pub proto: Proto,
 }
 
 impl System for Stockade {
@@ -128,7 +138,11 @@ impl System for Stockade {
     fn name(&self) -> String {
         format!(
             "Stockade 3 nodes, {}",
-            if self.grpc { "gRPC" } else { "HTTP" }
+            match self.proto {
+                Proto::Http => "HTTP",
+                Proto::Grpc => "gRPC",
+                Proto::GrpcStream => "gRPC stream",
+            }
         )
     }
 
@@ -164,10 +178,16 @@ impl System for Stockade {
             .await?
             .value
             .sale_id;
-        let transport = if self.grpc {
-            Transport::Grpc(grpc_clients(&self.cluster.grpc, clients, REQUEST_TIMEOUT)?)
-        } else {
-            Transport::Http(c.clone())
+        let transport = match self.proto {
+            Proto::Http => Transport::Http(c.clone()),
+            Proto::Grpc => {
+                Transport::Grpc(grpc_clients(&self.cluster.grpc, clients, REQUEST_TIMEOUT)?)
+            }
+            Proto::GrpcStream => {
+                let chans = grpc_clients(&self.cluster.grpc, clients, REQUEST_TIMEOUT)?;
+                let lanes = Arc::new(ReserveLanes::open(&chans));
+                Transport::GrpcStream(chans, lanes)
+            }
         };
         Ok(Arc::new(StockadeTarget {
             transport,

@@ -288,7 +288,11 @@ pub struct RestoreArgs {
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     Http,
+    /// Unary gRPC calls.
     Grpc,
+    /// Reservations over `ReserveStream` (one long-lived stream per gRPC channel), the
+    /// other calls unary.
+    GrpcStream,
 }
 
 #[derive(ClapArgs, Debug, Clone)]

@@ -595,6 +595,155 @@ impl CrowdRun {
 pub enum Transport {
     Http(Arc<Client>),
     Grpc(Vec<StockadeClient<Channel>>),
+    /// Reservations over `ReserveStream` lanes (one per channel), the other calls unary.
+    GrpcStream(Vec<StockadeClient<Channel>>, Arc<ReserveLanes>),
+}
+
+/// Reservations one `ReserveStream` lane queues (waiting for the lane task, or sent and
+/// not yet answered) before a caller waits; the server proposes up to its
+/// `reserve_stream_in_flight_max` (64) of one stream at once.
+pub const STREAM_LANE_QUEUE_MAX: usize = 4_096;
+
+/// Error codes of a stream item that mean "not decided, try again": the ones a unary call
+/// gets as `Unavailable`, `ResourceExhausted` or `DeadlineExceeded`.
+const STREAM_TRANSIENT_CODES: &[&str] = &[
+    "no_leader",
+    "overloaded",
+    "outcome_unknown",
+    "timeout",
+    "not_ready",
+    "internal",
+];
+
+type LaneItem = (
+    pb::ReserveRequest,
+    tokio::sync::oneshot::Sender<Outcome<Granted<u64>>>,
+);
+
+/// `ReserveStream` lanes: one long-lived bidirectional stream per gRPC channel carries the
+/// reservations of every worker on that channel, so a reservation costs one stream
+/// message each way instead of a whole HTTP/2 request (headers, a new stream, trailers).
+/// Answers come back in completion order and are matched to their callers by request id.
+/// A lane whose stream breaks answers its callers in flight `transport` (they retry as
+/// after a unary transport error, with the same request id) and opens a new stream.
+pub struct ReserveLanes {
+    lanes: Vec<tokio::sync::mpsc::Sender<LaneItem>>,
+}
+
+impl ReserveLanes {
+    /// One lane per channel; each lane's task runs until the lanes are dropped.
+    pub fn open(chans: &[StockadeClient<Channel>]) -> Self {
+        let lanes = chans
+            .iter()
+            .cloned()
+            .map(|ch| {
+                let (tx, rx) = tokio::sync::mpsc::channel(STREAM_LANE_QUEUE_MAX);
+                tokio::spawn(run_lane(ch, rx));
+                tx
+            })
+            .collect();
+        ReserveLanes { lanes }
+    }
+
+    async fn reserve(&self, idx: usize, req: pb::ReserveRequest) -> Outcome<Granted<u64>> {
+        let lost = || Outcome::Transient("transport".into());
+        let Some(lane) = self.lanes.get(idx) else {
+            return lost();
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if lane.send((req, tx)).await.is_err() {
+            return lost();
+        }
+        rx.await.unwrap_or_else(|_| lost())
+    }
+}
+
+fn stream_outcome(r: pb::ReserveStreamResponse) -> Outcome<Granted<u64>> {
+    use pb::reserve_stream_response::Result as R;
+    match r.result {
+        Some(R::Hold(g)) => Outcome::Ok(Granted {
+            hold: g.hold_id,
+            qty: g.qty,
+        }),
+        Some(R::Error(e)) if STREAM_TRANSIENT_CODES.contains(&e.code.as_str()) => {
+            Outcome::Transient(e.code)
+        }
+        Some(R::Error(e)) => Outcome::Rejected(e.code),
+        None => Outcome::Transient("bad_response".into()),
+    }
+}
+
+type Waiting =
+    std::collections::HashMap<String, tokio::sync::oneshot::Sender<Outcome<Granted<u64>>>>;
+
+fn settle(waiting: &mut Waiting, r: pb::ReserveStreamResponse) {
+    if let Some(reply) = waiting.remove(&r.request_id) {
+        let _ = reply.send(stream_outcome(r));
+    }
+}
+
+fn fail_all(waiting: &mut Waiting) {
+    for (_, reply) in waiting.drain() {
+        let _ = reply.send(Outcome::Transient("transport".into()));
+    }
+}
+
+async fn run_lane(mut ch: StockadeClient<Channel>, mut rx: tokio::sync::mpsc::Receiver<LaneItem>) {
+    let mut waiting = Waiting::new();
+    // A stream is opened when a request arrives and reopened after it breaks.
+    while let Some((first, reply)) = rx.recv().await {
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(STREAM_LANE_QUEUE_MAX);
+        let outbound =
+            futures::stream::unfold(
+                out_rx,
+                |mut r| async move { r.recv().await.map(|x| (x, r)) },
+            );
+        waiting.insert(first.request_id.clone(), reply);
+        let _ = out_tx.try_send(first);
+        let mut inbound = match ch.reserve_stream(outbound).await {
+            Ok(resp) => resp.into_inner(),
+            Err(_) => {
+                fail_all(&mut waiting);
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                item = rx.recv() => match item {
+                    Some((req, reply)) => {
+                        let rid = req.request_id.clone();
+                        match out_tx.try_send(req) {
+                            Ok(()) => {
+                                waiting.insert(rid, reply);
+                            }
+                            Err(_) => {
+                                let _ = reply.send(Outcome::Transient("overloaded".into()));
+                            }
+                        }
+                    }
+                    None => {
+                        // Every sender is gone: finish what is in flight, then stop.
+                        drop(out_tx);
+                        while !waiting.is_empty() {
+                            match inbound.message().await {
+                                Ok(Some(r)) => settle(&mut waiting, r),
+                                _ => break,
+                            }
+                        }
+                        fail_all(&mut waiting);
+                        return;
+                    }
+                },
+                msg = inbound.message() => match msg {
+                    Ok(Some(r)) => settle(&mut waiting, r),
+                    Ok(None) | Err(_) => {
+                        fail_all(&mut waiting);
+                        break;
+                    }
+                },
+            }
+        }
+    }
 }
 
 /// Stockade's order, as the bench needs it for payment.
@@ -672,7 +821,7 @@ impl Target for StockadeTarget {
     fn endpoints(&self) -> usize {
         match &self.transport {
             Transport::Http(c) => c.endpoints().len(),
-            Transport::Grpc(v) => v.len(),
+            Transport::Grpc(v) | Transport::GrpcStream(v, _) => v.len(),
         }
     }
 
@@ -691,6 +840,15 @@ impl Target for StockadeTarget {
                         hold: g.hold_id,
                         qty: g.qty,
                     })
+            }
+            Transport::GrpcStream(_, lanes) => {
+                let req = pb::ReserveRequest {
+                    sale_id: self.sale.clone(),
+                    user_id: user.to_string(),
+                    qty: 1,
+                    request_id: rid.to_string(),
+                };
+                lanes.reserve(idx, req).await
             }
             Transport::Grpc(chans) => {
                 let Some(mut ch) = Self::chan(chans, idx) else {
@@ -728,7 +886,7 @@ impl Target for StockadeTarget {
                     .await
                     .map(|o| ordered(o.order_id, o.amount_minor, o.currency, &o.status))
             }
-            Transport::Grpc(chans) => {
+            Transport::Grpc(chans) | Transport::GrpcStream(chans, _) => {
                 let Some(mut ch) = Self::chan(chans, idx) else {
                     return Outcome::Transient("transport".into());
                 };
@@ -758,7 +916,7 @@ impl Target for StockadeTarget {
                     .await
                     .map(|_| ())
             }
-            Transport::Grpc(chans) => {
+            Transport::Grpc(chans) | Transport::GrpcStream(chans, _) => {
                 let Some(mut ch) = Self::chan(chans, idx) else {
                     return Outcome::Transient("transport".into());
                 };
@@ -787,7 +945,7 @@ impl Target for StockadeTarget {
                     .await
                     .map(|_| ())
             }
-            Transport::Grpc(chans) => {
+            Transport::Grpc(chans) | Transport::GrpcStream(chans, _) => {
                 let Some(mut ch) = Self::chan(chans, idx) else {
                     return Outcome::Transient("transport".into());
                 };
@@ -1014,6 +1172,13 @@ pub async fn run(client: Arc<Client>, cfg: &Config, a: BenchArgs) -> Result<(), 
     let transport = match a.protocol {
         Protocol::Http => Transport::Http(client.clone()),
         Protocol::Grpc => grpc_transport(&client, cfg, &a).await?,
+        Protocol::GrpcStream => match grpc_transport(&client, cfg, &a).await? {
+            Transport::Grpc(chans) => {
+                let lanes = Arc::new(ReserveLanes::open(&chans));
+                Transport::GrpcStream(chans, lanes)
+            }
+            other => other,
+        },
     };
     let target = Arc::new(StockadeTarget {
         transport,
@@ -1088,6 +1253,7 @@ pub async fn run(client: Arc<Client>, cfg: &Config, a: BenchArgs) -> Result<(), 
         protocol: match a.protocol {
             Protocol::Http => "http".into(),
             Protocol::Grpc => "grpc".into(),
+            Protocol::GrpcStream => "grpc-stream".into(),
         },
         users: a.users,
         users_done: total.users_done,

@@ -93,6 +93,34 @@ fn three_nodes_status_and_bench_match_server_counters() {
     let s = c.ctl_json(&["sale", "show", bench["sale_id"].as_str().expect("sale")]);
     assert_eq!(u(&s, "/counters/sold"), u(&bench, "/sold"), "{s} {bench}");
     assert_eq!(u(&bench, "/sold"), 100, "{bench}");
+
+    // A third crowd whose reservations share a few ReserveStream lanes: every answer
+    // reaches its own caller (granted = the server's holds, refusals counted), no oversell.
+    let bench = c.ctl_json(&[
+        "bench",
+        "--users",
+        "900",
+        "--quantity",
+        "250",
+        "--concurrency",
+        "48",
+        "--protocol",
+        "grpc-stream",
+        "--duration-max",
+        "20",
+    ]);
+    assert_eq!(bench["check"]["ok"], true, "{bench}");
+    assert_eq!(bench["protocol"], "grpc-stream", "{bench}");
+    assert_eq!(u(&bench, "/units_granted"), 250, "{bench}");
+    assert_eq!(u(&bench, "/users_done"), 900, "{bench}");
+    assert!(u(&bench, "/rejections/sold_out") > 0, "{bench}");
+    let s = c.ctl_json(&["sale", "show", bench["sale_id"].as_str().expect("sale")]);
+    assert_eq!(u(&s, "/counters/held"), 250, "{s}");
+    assert_eq!(
+        u(&s, "/stats/holds_granted"),
+        u(&bench, "/holds_granted"),
+        "{s} {bench}"
+    );
 }
 
 /// Backup from a running cluster, restore into a new 3-node cluster on other ports,
