@@ -798,6 +798,16 @@ impl StockadeTarget {
         }
     }
 
+    /// One unit of this sale for `user`, as a gRPC reservation.
+    fn reserve_req(&self, user: &str, rid: &str) -> pb::ReserveRequest {
+        pb::ReserveRequest {
+            sale_id: self.sale.clone(),
+            user_id: user.to_string(),
+            qty: 1,
+            request_id: rid.to_string(),
+        }
+    }
+
     fn chan(chans: &[StockadeClient<Channel>], idx: usize) -> Option<StockadeClient<Channel>> {
         chans.get(idx).cloned()
     }
@@ -842,25 +852,13 @@ impl Target for StockadeTarget {
                     })
             }
             Transport::GrpcStream(_, lanes) => {
-                let req = pb::ReserveRequest {
-                    sale_id: self.sale.clone(),
-                    user_id: user.to_string(),
-                    qty: 1,
-                    request_id: rid.to_string(),
-                };
-                lanes.reserve(idx, req).await
+                lanes.reserve(idx, self.reserve_req(user, rid)).await
             }
             Transport::Grpc(chans) => {
                 let Some(mut ch) = Self::chan(chans, idx) else {
                     return Outcome::Transient("transport".into());
                 };
-                let req = pb::ReserveRequest {
-                    sale_id: self.sale.clone(),
-                    user_id: user.to_string(),
-                    qty: 1,
-                    request_id: rid.to_string(),
-                };
-                grpc_outcome(ch.reserve(req).await).map(|g| Granted {
+                grpc_outcome(ch.reserve(self.reserve_req(user, rid)).await).map(|g| Granted {
                     hold: g.hold_id,
                     qty: g.qty,
                 })
