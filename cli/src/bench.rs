@@ -604,16 +604,11 @@ pub enum Transport {
 /// `reserve_stream_in_flight_max` (64) of one stream at once.
 pub const STREAM_LANE_QUEUE_MAX: usize = 4_096;
 
-/// Error codes of a stream item that mean "not decided, try again": the ones a unary call
-/// gets as `Unavailable`, `ResourceExhausted` or `DeadlineExceeded`.
-const STREAM_TRANSIENT_CODES: &[&str] = &[
-    "no_leader",
-    "overloaded",
-    "outcome_unknown",
-    "timeout",
-    "not_ready",
-    "internal",
-];
+/// Error codes of a stream item that mean "not decided, try again": exactly the codes the
+/// unary paths retry (HTTP 503/429, gRPC `Unavailable`/`ResourceExhausted`; see
+/// `stockade_api::ApiError::statuses`), so the three protocols retry the same answers.
+const STREAM_TRANSIENT_CODES: &[&str] =
+    &["no_leader", "outcome_unknown", "not_ready", "overloaded"];
 
 type LaneItem = (
     pb::ReserveRequest,
