@@ -107,6 +107,11 @@ impl NodeCluster {
         &self.stats
     }
 
+    /// Counters of the replication transport (streams, AppendEntries sent and received).
+    pub fn transport_stats(&self) -> &crate::network::TransportStats {
+        self.pool.stats()
+    }
+
     /// A hash of this replica's domain state (every state-machine key except the Raft
     /// bookkeeping `last_applied` and `membership`): equal on replicas that applied the
     /// same commands.

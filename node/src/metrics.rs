@@ -128,6 +128,36 @@ pub fn render(c: &NodeCluster) -> String {
         "Read-index rounds run for them (reads share rounds).",
         c.stats.read_rounds.load(Ordering::Relaxed),
     );
+    let t = c.pool.stats();
+    for (name, help, v) in [
+        (
+            "stockade_raft_append_streams_opened",
+            "Replication streams (StreamAppend) opened as leader, heartbeats included.",
+            &t.append_streams_opened,
+        ),
+        (
+            "stockade_raft_appends_sent",
+            "AppendEntries sent on replication streams as leader.",
+            &t.appends_sent,
+        ),
+        (
+            "stockade_raft_appends_received_streamed",
+            "AppendEntries received on replication streams as follower.",
+            &t.appends_received_streamed,
+        ),
+        (
+            "stockade_raft_appends_received_unary",
+            "AppendEntries received as unary calls as follower.",
+            &t.appends_received_unary,
+        ),
+        (
+            "stockade_raft_append_streams_stalled",
+            "Replication streams failed because a request went unanswered for a heartbeat interval.",
+            &t.append_streams_stalled,
+        ),
+    ] {
+        counter(&mut out, name, help, v.load(Ordering::Relaxed));
+    }
     counter(
         &mut out,
         "stockade_wal_syncs",

@@ -5,20 +5,36 @@
 //! forwarding. Every call has a deadline: openraft's hard TTL for Raft RPCs, the
 //! configured forward timeout otherwise. Snapshots stream in `SNAPSHOT_CHUNK_BYTES`
 //! chunks from the snapshot file, never as one message.
+//!
+//! **Replication is one gRPC stream per leader session** ([`Conn::stream_append`]), not a
+//! unary call per AppendEntries. openraft's default `stream_append` sends one request and
+//! waits for its answer before the next (one AppendEntries in flight per follower, each a
+//! new HTTP/2 stream with its own headers, deadline, trailers and server task). Here the
+//! leader's requests flow as messages on one bidirectional stream while earlier ones are
+//! still being written and fsynced on the follower, which answers in order through
+//! `Raft::stream_append` (openraft's pipelined receiver, at most 64 requests queued).
+//! A long-lived stream has no deadline of its own, so a stall is detected by progress:
+//! when a request that was already sent one `hard_ttl` ago is still unanswered, the
+//! stream fails as `Unreachable` and openraft opens a new session (see
+//! `Conn::stream_append`). Heartbeats use the same path as a one-request
+//! stream. Not compatible with a node that lacks `StreamAppend` (all nodes of a cluster
+//! run the same version of this internal protocol).
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::{RaftNetworkFactory, RaftNetworkV2};
+use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use stockade_proto::raft::raft_transport_client::RaftTransportClient;
@@ -46,11 +62,29 @@ pub struct NetConfig {
     pub snapshot_timeout: Duration,
 }
 
+/// Counters of the replication transport, both directions (exported at `/metrics`).
+#[derive(Default, Debug)]
+pub struct TransportStats {
+    /// `StreamAppend` streams this node opened as leader (one per replication session
+    /// or heartbeat).
+    pub append_streams_opened: AtomicU64,
+    /// AppendEntries requests this node sent on those streams.
+    pub appends_sent: AtomicU64,
+    /// AppendEntries requests this node received on streams, as follower.
+    pub appends_received_streamed: AtomicU64,
+    /// AppendEntries requests this node received as unary calls (none from a node of
+    /// this version; the unary RPC stays for tools and older peers).
+    pub appends_received_unary: AtomicU64,
+    /// Streams this node failed because a sent request went unanswered for a `hard_ttl`.
+    pub append_streams_stalled: AtomicU64,
+}
+
 /// Channels to peers, by Raft address.
 #[derive(Clone)]
 pub struct Pool {
     cfg: NetConfig,
     channels: Arc<Mutex<BTreeMap<String, Channel>>>,
+    stats: Arc<TransportStats>,
 }
 
 impl Pool {
@@ -58,11 +92,16 @@ impl Pool {
         Pool {
             cfg,
             channels: Arc::default(),
+            stats: Arc::default(),
         }
     }
 
     pub fn config(&self) -> &NetConfig {
         &self.cfg
+    }
+
+    pub fn stats(&self) -> &TransportStats {
+        &self.stats
     }
 
     pub fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, tonic::Status> {
@@ -160,8 +199,116 @@ impl Conn {
     }
 }
 
+/// What one `StreamAppend` answer carries.
+type StreamItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+fn stream_answer(target: u64, payload: &[u8]) -> StreamItem {
+    let out: Result<StreamAppendResult<TypeConfig>, String> =
+        wire::decode(payload).map_err(|s| status_to_rpc(target, s))?;
+    out.map_err(|e| RPCError::Network(NetworkError::new(&PeerError(target, e))))
+}
+
 impl RaftNetworkV2<TypeConfig> for Conn {
     type SnapshotData = std::fs::File;
+
+    /// Replication over one bidirectional `StreamAppend` call (see the module docs).
+    ///
+    /// Answers come back in request order (the follower's `Raft::stream_append`
+    /// guarantees it) and the stream ends after the first refusal (conflict, higher
+    /// vote) or error, as openraft expects. Setting up the call is bounded by
+    /// `hard_ttl`; after that, progress is checked every `hard_ttl`: if a request that
+    /// was sent before the previous check is still unanswered, the follower (or the
+    /// path to it) is stalled and the stream fails `Unreachable`. An idle stream, with
+    /// nothing in flight, never times out.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, StreamItem>, RPCError<TypeConfig>>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + OptionalSend
+            + Unpin
+            + 'static,
+    {
+        let target = self.target;
+        let ttl = option.hard_ttl();
+        let pool = self.pool.clone();
+        let addr = self.addr.clone();
+        Box::pin(async move {
+            let mut client = pool.client(&addr).map_err(|s| status_to_rpc(target, s))?;
+            let sent = Arc::new(AtomicU64::new(0));
+            let (sent_in, stats_in) = (sent.clone(), pool.stats.clone());
+            // An encoding failure ends the request stream (and so the session); openraft
+            // then starts a new one. bincode into a Vec does not fail for these types.
+            let requests = input.scan((), move |_, req| {
+                let env = match wire::encode(&req) {
+                    Ok(payload) => {
+                        sent_in.fetch_add(1, Ordering::Relaxed);
+                        stats_in.appends_sent.fetch_add(1, Ordering::Relaxed);
+                        Some(Envelope { payload })
+                    }
+                    Err(e) => {
+                        tracing::error!(target, "cannot encode AppendEntries: {e}");
+                        None
+                    }
+                };
+                futures::future::ready(env)
+            });
+            // No grpc-timeout on the call: it would bound the whole long-lived stream.
+            let call = client.stream_append(tonic::Request::new(requests));
+            let responses = match tokio::time::timeout(ttl, call).await {
+                Ok(r) => r.map_err(|s| status_to_rpc(target, s))?.into_inner(),
+                Err(_) => {
+                    return Err(RPCError::Unreachable(Unreachable::new(&PeerError(
+                        target,
+                        format!("StreamAppend not answered within {ttl:?}"),
+                    ))))
+                }
+            };
+            pool.stats
+                .append_streams_opened
+                .fetch_add(1, Ordering::Relaxed);
+            let stats = pool.stats.clone();
+            let answers = futures::stream::unfold(Some((responses, 0u64)), move |state| {
+                let sent = sent.clone();
+                let stats = stats.clone();
+                async move {
+                    let (mut responses, mut received) = state?;
+                    // Requests sent before the current check window began.
+                    let mut due = sent.load(Ordering::Relaxed);
+                    loop {
+                        match tokio::time::timeout(ttl, responses.message()).await {
+                            Ok(Ok(Some(env))) => {
+                                received += 1;
+                                let item = stream_answer(target, &env.payload);
+                                let more = matches!(item, Ok(Ok(_)));
+                                return Some((item, more.then_some((responses, received))));
+                            }
+                            Ok(Ok(None)) => return None,
+                            Ok(Err(s)) => return Some((Err(status_to_rpc(target, s)), None)),
+                            Err(_) if received < due => {
+                                stats.append_streams_stalled.fetch_add(1, Ordering::Relaxed);
+                                let e = PeerError(
+                                    target,
+                                    format!(
+                                        "AppendEntries unanswered for {ttl:?} \
+                                             ({received} of {due} answered)"
+                                    ),
+                                );
+                                return Some((
+                                    Err(RPCError::Unreachable(Unreachable::new(&e))),
+                                    None,
+                                ));
+                            }
+                            Err(_) => due = sent.load(Ordering::Relaxed),
+                        }
+                    }
+                }
+            });
+            Ok(Box::pin(answers) as BoxStream<'s, StreamItem>)
+        })
+    }
 
     async fn append_entries(
         &mut self,
@@ -301,4 +448,148 @@ pub async fn receive_snapshot(
         .await
         .map_err(|e| tonic::Status::internal(e.to_string()))?;
     Ok((vote, meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::time::Instant;
+
+    use futures::Stream;
+    use stockade_proto::raft::raft_transport_server::{RaftTransport, RaftTransportServer};
+    use tonic::{Request, Response, Status, Streaming};
+
+    use super::*;
+
+    /// A follower that takes every AppendEntries and never answers.
+    struct Silent;
+
+    #[tonic::async_trait]
+    impl RaftTransport for Silent {
+        type StreamAppendStream = Pin<Box<dyn Stream<Item = Result<Envelope, Status>> + Send>>;
+
+        async fn stream_append(
+            &self,
+            req: Request<Streaming<Envelope>>,
+        ) -> Result<Response<Self::StreamAppendStream>, Status> {
+            let mut input = req.into_inner();
+            tokio::spawn(async move { while let Some(Ok(_)) = input.next().await {} });
+            Ok(Response::new(Box::pin(futures::stream::pending())))
+        }
+        async fn append_entries(&self, _: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+            Err(Status::unimplemented("silent"))
+        }
+        async fn vote(&self, _: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+            Err(Status::unimplemented("silent"))
+        }
+        async fn pre_vote(&self, _: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+            Err(Status::unimplemented("silent"))
+        }
+        async fn transfer_leader(
+            &self,
+            _: Request<Envelope>,
+        ) -> Result<Response<Envelope>, Status> {
+            Err(Status::unimplemented("silent"))
+        }
+        async fn install_snapshot(
+            &self,
+            _: Request<Streaming<SnapshotChunk>>,
+        ) -> Result<Response<Envelope>, Status> {
+            Err(Status::unimplemented("silent"))
+        }
+        async fn forward(&self, _: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+            Err(Status::unimplemented("silent"))
+        }
+    }
+
+    async fn silent_peer() -> (Conn, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(RaftTransportServer::new(Silent))
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        let pool = Pool::new(NetConfig {
+            connect_timeout: Duration::from_secs(1),
+            forward_timeout: Duration::from_secs(1),
+            snapshot_timeout: Duration::from_secs(1),
+        });
+        let conn = Conn {
+            target: 9,
+            addr: addr.to_string(),
+            pool,
+        };
+        (conn, server)
+    }
+
+    fn heartbeat() -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![],
+        }
+    }
+
+    const TTL: Duration = Duration::from_millis(200);
+
+    #[tokio::test]
+    async fn an_unanswered_append_fails_the_stream_as_unreachable_after_the_ttl() {
+        let (mut conn, server) = silent_peer().await;
+        // One request, then the input stays open (as a replication session's does).
+        let input =
+            Box::pin(futures::stream::iter([heartbeat()]).chain(futures::stream::pending()));
+        let started = Instant::now();
+        let mut answers = conn
+            .stream_append(input, RPCOption::new(TTL))
+            .await
+            .expect("the call is set up");
+        let first = tokio::time::timeout(Duration::from_secs(5), answers.next())
+            .await
+            .expect("a stalled stream must fail, not hang");
+        let waited = started.elapsed();
+        assert!(
+            matches!(first, Some(Err(RPCError::Unreachable(_)))),
+            "{first:?}"
+        );
+        assert!(waited >= TTL, "failed after {waited:?}, before one ttl");
+        assert!(
+            answers.next().await.is_none(),
+            "the stream ends after the failure"
+        );
+        drop(answers);
+        assert_eq!(
+            conn.pool
+                .stats()
+                .append_streams_stalled
+                .load(Ordering::Relaxed),
+            1
+        );
+        assert_eq!(conn.pool.stats().appends_sent.load(Ordering::Relaxed), 1);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn an_idle_stream_with_nothing_in_flight_does_not_time_out() {
+        let (mut conn, server) = silent_peer().await;
+        let input = Box::pin(futures::stream::pending::<AppendEntriesRequest<TypeConfig>>());
+        let mut answers = conn
+            .stream_append(input, RPCOption::new(TTL))
+            .await
+            .expect("the call is set up");
+        let waited = tokio::time::timeout(TTL * 4, answers.next()).await;
+        assert!(waited.is_err(), "an idle stream yielded {waited:?}");
+        drop(answers);
+        assert_eq!(
+            conn.pool
+                .stats()
+                .append_streams_stalled
+                .load(Ordering::Relaxed),
+            0
+        );
+        server.abort();
+    }
 }

@@ -4,13 +4,16 @@
 //! Every answer is `Result<T, String>` in bincode: an `Err` is a fault of this node
 //! (shutting down, storage), which the sender treats as a network failure.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use futures::{Stream, StreamExt};
+use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
 use serde::Serialize;
 use stockade_proto::raft::raft_transport_server::RaftTransport;
 use stockade_proto::raft::{Envelope, SnapshotChunk};
-use stockade_raft_store::Raft;
+use stockade_raft_store::{Raft, TypeConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::cluster::NodeCluster;
@@ -35,9 +38,60 @@ fn answer<T: Serialize, E: std::fmt::Display>(
 
 #[tonic::async_trait]
 impl RaftTransport for TransportService {
+    type StreamAppendStream = Pin<Box<dyn Stream<Item = Result<Envelope, Status>> + Send>>;
+
     async fn append_entries(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        self.cluster
+            .pool
+            .stats()
+            .appends_received_unary
+            .fetch_add(1, Ordering::Relaxed);
         let rpc = wire::decode(&req.into_inner().payload)?;
         answer(self.raft.append_entries(rpc).await)
+    }
+
+    /// The follower end of streamed replication (see `crate::network`): requests go to
+    /// `Raft::stream_append`, which queues at most 64 for the Raft core and answers in
+    /// order. A request that does not decode ends the input; the answers to the ones
+    /// before it still go out, then the stream fails `InvalidArgument` naming it.
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<Envelope>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let bad: Arc<Mutex<Option<Status>>> = Arc::default();
+        let bad_in = bad.clone();
+        let cluster = self.cluster.clone();
+        let requests = req.into_inner().scan((), move |_, item| {
+            let next = match item {
+                Ok(env) => match wire::decode::<AppendEntriesRequest<TypeConfig>>(&env.payload) {
+                    Ok(rpc) => {
+                        cluster
+                            .pool
+                            .stats()
+                            .appends_received_streamed
+                            .fetch_add(1, Ordering::Relaxed);
+                        Some(rpc)
+                    }
+                    Err(s) => {
+                        *bad_in.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+                        None
+                    }
+                },
+                // The leader went away or reset the stream: nothing more to append.
+                Err(_) => None,
+            };
+            futures::future::ready(next)
+        });
+        let answers = self.raft.stream_append(requests).map(|r| {
+            let r: Result<StreamAppendResult<TypeConfig>, String> = r.map_err(|f| f.to_string());
+            wire::encode(&r).map(|payload| Envelope { payload })
+        });
+        let failure =
+            futures::stream::once(
+                async move { bad.lock().unwrap_or_else(|p| p.into_inner()).take() },
+            )
+            .filter_map(|s| futures::future::ready(s.map(Err)));
+        Ok(Response::new(Box::pin(answers.chain(failure))))
     }
 
     async fn vote(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {

@@ -642,3 +642,70 @@ async fn a_crowd_through_a_follower_shares_forward_batches_and_read_rounds_witho
     converged(&c).await;
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replication_flows_on_streams_and_every_replica_agrees() {
+    use std::sync::atomic::Ordering;
+    const UNITS: u32 = 40;
+    const USERS: usize = 60;
+    let c = TestCluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    c.create_sale(leader, sale(UNITS, 60_000)).await;
+    let l = &c.nodes[&leader];
+    let answers = futures::future::join_all((0..USERS).map(|i| {
+        let cluster = l.cluster.clone();
+        tokio::spawn(async move {
+            cluster
+                .propose(reserve(&format!("u{i}"), &format!("r{i}")))
+                .await
+        })
+    }))
+    .await;
+    let held = answers
+        .into_iter()
+        .filter(|a| {
+            matches!(
+                a.as_ref().expect("task").as_ref().expect("answered").value,
+                Response::Held(_)
+            )
+        })
+        .count();
+    assert_eq!(held, UNITS as usize);
+    converged(&c).await;
+
+    let sent = l
+        .cluster
+        .transport_stats()
+        .appends_sent
+        .load(Ordering::Relaxed);
+    let opened = l
+        .cluster
+        .transport_stats()
+        .append_streams_opened
+        .load(Ordering::Relaxed);
+    assert!(
+        opened >= 2,
+        "one stream per follower at least, saw {opened}"
+    );
+    assert!(sent > 0, "the leader sent no AppendEntries on streams");
+    let mut received = 0;
+    for (id, n) in &c.nodes {
+        if *id == leader {
+            continue;
+        }
+        let t = n.cluster.transport_stats();
+        let streamed = t.appends_received_streamed.load(Ordering::Relaxed);
+        assert!(streamed > 0, "follower {id} received nothing on a stream");
+        assert_eq!(
+            t.appends_received_unary.load(Ordering::Relaxed),
+            0,
+            "follower {id} was sent unary AppendEntries"
+        );
+        received += streamed;
+    }
+    assert!(
+        received <= sent,
+        "followers received {received} AppendEntries, the leader sent {sent}"
+    );
+    c.shutdown().await;
+}
