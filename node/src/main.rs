@@ -11,6 +11,12 @@ use stockade_node::config::LogFormat;
 use stockade_node::{start, Args};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's malloc: the request path allocates and frees many small
+/// buffers across threads (HTTP bodies, bincode, RocksDB batches); see
+/// docs/benchmarks.md for the before/after.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args = Args::parse();
     let cfg = match args.validate() {
