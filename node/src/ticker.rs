@@ -33,7 +33,7 @@ async fn step(cluster: &NodeCluster) -> Duration {
     if !cluster.raft.is_leader() {
         return TICK_POLL_MAX;
     }
-    let next = match query::next_deadline_ms(&cluster.sm.view()) {
+    let next = match query::next_deadline_ms_from(&cluster.sm.view(), cluster.sm.deadline_floor()) {
         Ok(n) => n,
         Err(e) => {
             tracing::error!(error = %e, "reading the next deadline failed");

@@ -159,14 +159,20 @@ pub fn deadline(at_ms: u64, what: &Deadline) -> Vec<u8> {
     }
 }
 
-/// Deadlines due at or before `clock_ms`: `[lo, hi)`.
-pub fn deadlines_due(clock_ms: u64) -> (Vec<u8>, Vec<u8>) {
-    let lo = vec![DEADLINE];
+/// Deadlines due at or before `clock_ms`, none of them before `floor_ms`: `[lo, hi)`.
+pub fn deadlines_due(floor_ms: u64, clock_ms: u64) -> (Vec<u8>, Vec<u8>) {
+    let lo = deadlines_from(floor_ms);
     let hi = match clock_ms.checked_add(1) {
         Some(next) => KeyBuf::new(DEADLINE).u64(next).0,
         None => vec![DEADLINE + 1],
     };
     (lo, hi)
+}
+
+/// The first possible deadline key at or after `at_ms`: where a scan for live deadlines
+/// starts when none can be earlier (see `Machine::deadline_floor`).
+pub fn deadlines_from(at_ms: u64) -> Vec<u8> {
+    KeyBuf::new(DEADLINE).u64(at_ms).0
 }
 
 /// Parses a deadline key; `None` if it is not one (corruption, reported by the caller).
@@ -275,10 +281,14 @@ mod tests {
             assert_eq!(parse_deadline(&k), Some((1_000 + i as u64, d.clone())));
         }
         assert!(deadline(255, &Deadline::Hold(9)) < deadline(256, &Deadline::Hold(1)));
-        let (lo, hi) = deadlines_due(256);
+        let (lo, hi) = deadlines_due(0, 256);
         assert!(deadline(256, &Deadline::Hold(u64::MAX)) < hi);
         assert!(deadline(257, &Deadline::Hold(0)) >= hi);
         assert!(deadline(0, &Deadline::Hold(0)) >= lo);
+        let (lo, _) = deadlines_due(255, 256);
+        assert!(deadline(254, &Deadline::Order(u64::MAX)) < lo);
+        assert!(deadline(255, &Deadline::Hold(0)) >= lo);
+        assert_eq!(lo, deadlines_from(255));
         assert_eq!(parse_deadline(&[DEADLINE, 1, 2]), None);
     }
 

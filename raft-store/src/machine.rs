@@ -15,6 +15,13 @@
 //!   unit is ever stuck behind a large request).
 //! - Deadlines (hold expiry, payment timeout, idempotency purge, sale close) are keys
 //!   ordered by time; `Tick` handles the due ones in that order, a bounded batch each.
+//!   Handled and cancelled deadlines are deleted, so the front of that key range is a
+//!   long run of RocksDB tombstones that every scan from the start would step over (in
+//!   a flash sale, one per hold, order and request). Scans therefore start at the
+//!   *deadline floor* ([`Machine::deadline_floor`]): a lower bound of every live
+//!   deadline, raised by `Tick` to the first live one and lowered by every new deadline.
+//!   It only decides where scans begin, never what they find, so it is not part of the
+//!   replicated state: a replica that does not know it (0) computes the same results.
 //!   Checkout, payment and release recheck deadlines themselves, so correctness never
 //!   waits for a tick.
 //! - Client commands are idempotent by `(user_id, request_id)`: the first answer is
@@ -43,6 +50,8 @@ pub struct Machine<'t, 'a, R: KvRead + ?Sized> {
     next_id: u64,
     touched: BTreeSet<String>,
     report: TickReport,
+    /// No live deadline is earlier than this (see the module docs).
+    deadline_floor: u64,
 }
 
 impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
@@ -56,7 +65,21 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
             next_id,
             touched: BTreeSet::new(),
             report: TickReport::default(),
+            deadline_floor: 0,
         })
+    }
+
+    /// Starts deadline scans at `floor`. The caller promises that no live deadline in
+    /// the state is earlier (0, the default, is always true).
+    pub fn with_deadline_floor(mut self, floor: u64) -> Self {
+        self.deadline_floor = floor;
+        self
+    }
+
+    /// A lower bound of every live deadline after this call's writes: the first live
+    /// deadline found by the last `Tick`, lowered by every deadline added since.
+    pub fn deadline_floor(&self) -> u64 {
+        self.deadline_floor
     }
 
     pub fn clock_ms(&self) -> u64 {
@@ -148,8 +171,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
             user_id: user_id.to_string(),
             request_id: request_id.to_string(),
         };
-        self.txn
-            .put_raw(keys::deadline(purge_at, &what), Vec::new());
+        self.add_deadline(purge_at, &what);
         Ok(response)
     }
 
@@ -914,7 +936,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
 
     fn tick(&mut self) -> Result<Response, StoreError> {
         self.report = TickReport::default();
-        let (lo, hi) = keys::deadlines_due(self.clock_ms);
+        let (lo, hi) = keys::deadlines_due(self.deadline_floor, self.clock_ms);
         let due = self.txn.scan(&lo, &hi, TICK_EXPIRE_BATCH_MAX as usize)?;
         for (key, _) in due {
             let Some((_, what)) = keys::parse_deadline(&key) else {
@@ -927,14 +949,20 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
             self.run_deadline(what)?;
         }
         let mut report = std::mem::take(&mut self.report);
+        // Handling a deadline may add one (a sale close retried, a hand-off), possibly
+        // below where this scan began: look again from the floor as it is now.
+        let (lo, hi) = keys::deadlines_due(self.deadline_floor, self.clock_ms);
         report.more_due = !self.txn.scan(&lo, &hi, 1)?.is_empty();
-        let (all_lo, all_hi) = keys::tag_range(keys::DEADLINE);
+        let (_, all_hi) = keys::tag_range(keys::DEADLINE);
         report.next_deadline_ms = self
             .txn
-            .scan(&all_lo, &all_hi, 1)?
+            .scan(&lo, &all_hi, 1)?
             .first()
             .and_then(|(k, _)| keys::parse_deadline(k))
             .map(|(at, _)| at);
+        // Every deadline before the first live one is handled: later scans start there.
+        // With none left, the clock will do (any deadline added later lowers the floor).
+        self.deadline_floor = report.next_deadline_ms.unwrap_or(self.clock_ms);
         Ok(Response::Ticked(report))
     }
 
@@ -998,6 +1026,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
     }
 
     fn add_deadline(&mut self, at_ms: u64, what: &Deadline) {
+        self.deadline_floor = self.deadline_floor.min(at_ms);
         self.txn.put_raw(keys::deadline(at_ms, what), Vec::new());
     }
 

@@ -186,7 +186,17 @@ pub fn waitlist_status(
 /// The earliest pending deadline (the ticker sleeps until then; an idle cluster writes
 /// nothing).
 pub fn next_deadline_ms(kv: &(impl KvRead + ?Sized)) -> Result<Option<u64>, StoreError> {
-    let (lo, hi) = keys::tag_range(keys::DEADLINE);
+    next_deadline_ms_from(kv, 0)
+}
+
+/// [`next_deadline_ms`] for a caller that knows no live deadline is before `floor_ms`
+/// (the store's deadline floor): the scan skips the deleted ones before it.
+pub fn next_deadline_ms_from(
+    kv: &(impl KvRead + ?Sized),
+    floor_ms: u64,
+) -> Result<Option<u64>, StoreError> {
+    let (_, hi) = keys::tag_range(keys::DEADLINE);
+    let lo = keys::deadlines_from(floor_ms);
     match kv.scan(&lo, &hi, 1)?.first() {
         None => Ok(None),
         Some((k, _)) => keys::parse_deadline(k)

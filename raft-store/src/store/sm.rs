@@ -15,6 +15,7 @@
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::{Stream, TryStreamExt};
@@ -38,13 +39,22 @@ pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, File>;
 pub struct StateMachineStore {
     db: Arc<DB>,
     snapshot_dir: PathBuf,
+    /// No live deadline in the committed state is earlier than this (milliseconds);
+    /// where deadline scans start (see `Machine::deadline_floor`). Kept in memory only:
+    /// 0 after a start or a snapshot install, which is always true, and the first
+    /// `Tick` raises it again.
+    deadline_floor: Arc<AtomicU64>,
 }
 
 impl StateMachineStore {
     pub(crate) fn new(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self, StoreError> {
         cf(&db, CF_SM)?;
         std::fs::create_dir_all(&snapshot_dir)?;
-        let sm = StateMachineStore { db, snapshot_dir };
+        let sm = StateMachineStore {
+            db,
+            snapshot_dir,
+            deadline_floor: Arc::default(),
+        };
         // The second half of the conservation pair: what was written is checked on load.
         check_sales(&sm.view())?;
         Ok(sm)
@@ -55,6 +65,11 @@ impl StateMachineStore {
         StateView {
             db: self.db.clone(),
         }
+    }
+
+    /// A lower bound of every pending deadline (for the ticker's look at the next one).
+    pub fn deadline_floor(&self) -> u64 {
+        self.deadline_floor.load(Ordering::Acquire)
     }
 
     /// Every key and value of the state machine, in key order (for tests and audits).
@@ -90,8 +105,9 @@ impl StateMachineStore {
         let mut responses = Vec::with_capacity(entries.len());
         let mut last_applied = None;
         let mut membership = None;
+        let floor;
         {
-            let mut machine = Machine::load(&mut txn)?;
+            let mut machine = Machine::load(&mut txn)?.with_deadline_floor(self.deadline_floor());
             for entry in entries {
                 last_applied = Some(entry.log_id);
                 let response = match &entry.payload {
@@ -104,6 +120,7 @@ impl StateMachineStore {
                 };
                 responses.push(response);
             }
+            floor = machine.deadline_floor();
             machine.finish()?;
         }
         if let Some(id) = &last_applied {
@@ -112,7 +129,12 @@ impl StateMachineStore {
         if let Some(m) = &membership {
             txn.put("membership", keys::META_MEMBERSHIP.to_vec(), m)?;
         }
+        // Lowered before the commit (new deadlines become visible below the old floor),
+        // raised after it (handled ones are gone): concurrent readers never skip a
+        // live deadline.
+        self.deadline_floor.fetch_min(floor, Ordering::AcqRel);
         self.commit(txn.into_writes(), false)?;
+        self.deadline_floor.store(floor, Ordering::Release);
         Ok(responses)
     }
 
@@ -180,6 +202,8 @@ impl StateMachineStore {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
+        // The installed state's deadlines may be anywhere: scan from the start again.
+        self.deadline_floor.store(0, Ordering::Release);
         self.db.write_opt(batch, &wo)?;
         // Keep the installed snapshot as the current one (to serve to other followers).
         let already_here = snapshot::latest(&self.snapshot_dir)?.is_some_and(|p| {

@@ -265,3 +265,73 @@ async fn current_snapshot_handle_reads_from_the_start() {
     cur.snapshot.read_exact(&mut magic).unwrap();
     assert_eq!(&magic, b"STKSNAP1");
 }
+
+/// The deadline floor (where the store starts its deadline scans, past the deleted ones)
+/// never hides a live deadline: a store that applies in batches of varying size, with
+/// the floor rising at every tick and falling with every new deadline, ends in exactly the
+/// state of a replay that scans from the start every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_floor_never_hides_a_live_deadline() {
+    let mut s = spec(1_000);
+    s.hold_ttl_ms = 100;
+    s.per_user_limit = 1;
+    let mut mem = Mem::default();
+    let created = mem.apply(0, Command::CreateSale(s));
+    assert_eq!(code(&created), "ok", "{created:?}");
+    let mut at = 1_000;
+    let mut expected_expiries = 0;
+    for round in 0..20u64 {
+        // Ten holds; eight released at once (deleted deadlines ahead of the floor), two
+        // left to expire at the tick.
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            at += 1;
+            let user = format!("u{round}-{i}");
+            ids.push(held(&mem.apply(at, reserve(&user, 1, &format!("r{round}-{i}")))).hold_id);
+        }
+        for (i, id) in ids.iter().enumerate().take(8) {
+            at += 1;
+            let user = format!("u{round}-{i}");
+            let r = mem.apply(at, release(&user, *id, &format!("x{round}-{i}")));
+            assert_eq!(code(&r), "ok", "{r:?}");
+        }
+        at += 110;
+        mem.apply(at, Command::Tick);
+        expected_expiries += 2;
+        if round % 5 == 4 {
+            // Nothing held: the tick raises the floor to the next live deadline, far
+            // ahead (the sale's close, idempotency purges). A hold reserved now expires
+            // before that floor, so its deadline must lower it.
+            at += 1;
+            mem.apply(at, Command::Tick);
+            at += 1;
+            let user = format!("late-{round}");
+            held(&mem.apply(at, reserve(&user, 1, &format!("late-{round}"))));
+            at += 110;
+            mem.apply(at, Command::Tick);
+            expected_expiries += 1;
+        }
+    }
+    assert_eq!(mem.sale().stats.holds_expired, expected_expiries);
+
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(&StoreOptions::new(dir.path())).unwrap();
+    let mut next = 0;
+    for size in [1usize, 2, 5, 3, 8, 1, 13].iter().cycle() {
+        if next >= mem.log.len() {
+            break;
+        }
+        let end = (next + size).min(mem.log.len());
+        apply_all(&mut sm, entries(next as u64 + 1, &mem.log[next..end])).await;
+        next = end;
+    }
+    assert!(
+        sm.deadline_floor() > 1_000,
+        "the floor never rose: {}",
+        sm.deadline_floor()
+    );
+    assert_eq!(
+        domain(sm.dump().unwrap()),
+        mem.state.into_iter().collect::<Vec<_>>()
+    );
+}
