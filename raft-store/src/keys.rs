@@ -79,6 +79,11 @@ pub fn idem(user_id: &str, request_id: &str) -> Vec<u8> {
 pub fn wait(sale_id: &str, seq: u64) -> Vec<u8> {
     KeyBuf::new(WAIT).str(sale_id).u64(seq).0
 }
+/// The sequence number of a waitlist entry key (its last eight bytes).
+pub fn wait_seq(key: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    (key.first() == Some(&WAIT)).then(|| u64::from_be_bytes(tail))
+}
 /// All waitlist entries of one sale: `[lo, hi)`.
 pub fn wait_range(sale_id: &str) -> (Vec<u8>, Vec<u8>) {
     let lo = KeyBuf::new(WAIT).str(sale_id).0;

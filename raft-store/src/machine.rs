@@ -22,13 +22,17 @@
 //!   deadline, raised by `Tick` to the first live one and lowered by every new deadline.
 //!   It only decides where scans begin, never what they find, so it is not part of the
 //!   replicated state: a replica that does not know it (0) computes the same results.
+//! - The waitlist has the same shape (entries are taken from the head and deleted), so
+//!   each sale has a *waitlist floor* too ([`Machine::wait_floors`]): the sequence after
+//!   the last entry taken from the head. Sequences only grow, so nothing live is below
+//!   it; a floor above the sale's next sequence is ignored.
 //!   Checkout, payment and release recheck deadlines themselves, so correctness never
 //!   waits for a tick.
 //! - Client commands are idempotent by `(user_id, request_id)`: the first answer is
 //!   stored and returned again for a retry; a different command under the same pair is
 //!   `request_id_reused`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::StoreError;
 use crate::keys::{self, Deadline};
@@ -52,6 +56,8 @@ pub struct Machine<'t, 'a, R: KvRead + ?Sized> {
     report: TickReport,
     /// No live deadline is earlier than this (see the module docs).
     deadline_floor: u64,
+    /// Per sale, no live waitlist entry has a lower sequence (see the module docs).
+    wait_floors: BTreeMap<String, u64>,
 }
 
 impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
@@ -66,7 +72,39 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
             touched: BTreeSet::new(),
             report: TickReport::default(),
             deadline_floor: 0,
+            wait_floors: BTreeMap::new(),
         })
+    }
+
+    /// Starts waitlist scans of each sale at its floor. The caller promises that no live
+    /// entry of that sale has a lower sequence (an empty map is always true).
+    pub fn with_wait_floors(mut self, floors: BTreeMap<String, u64>) -> Self {
+        self.wait_floors = floors;
+        self
+    }
+
+    /// The waitlist floors after this call's writes (raised as entries leave the head).
+    pub fn wait_floors(&self) -> &BTreeMap<String, u64> {
+        &self.wait_floors
+    }
+
+    /// Where a scan of `sale`'s live waitlist entries may start.
+    fn wait_lo(&self, sale: &SaleRecord) -> Vec<u8> {
+        let floor = self
+            .wait_floors
+            .get(&sale.spec.id)
+            .copied()
+            .filter(|f| *f <= sale.waitlist_next_seq)
+            .unwrap_or(0);
+        keys::wait(&sale.spec.id, floor)
+    }
+
+    /// Records that the entry `key` was taken from the head of `sale_id`'s waitlist.
+    fn took_wait_head(&mut self, sale_id: &str, key: &[u8]) {
+        if let Some(seq) = keys::wait_seq(key) {
+            let f = self.wait_floors.entry(sale_id.to_string()).or_insert(0);
+            *f = (*f).max(seq.saturating_add(1));
+        }
     }
 
     /// Starts deadline scans at `floor`. The caller promises that no live deadline in
@@ -785,7 +823,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
             .txn
             .get::<WaitState>(&keys::wait_user(sale_id, user_id))?
         {
-            let position = self.waitlist_position(sale_id, seq)?;
+            let position = self.waitlist_position(&sale, seq)?;
             reject!(Reject::AlreadyWaitlisted { position });
         }
         let reservable = sale.reservable();
@@ -854,11 +892,15 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
     }
 
     /// 1-based position of the entry with sequence `seq` (bounded by `WAITLIST_LEN_MAX`).
-    fn waitlist_position(&self, sale_id: &str, seq: u64) -> Result<u32, StoreError> {
-        let (lo, _) = keys::wait_range(sale_id);
+    fn waitlist_position(&self, sale: &SaleRecord, seq: u64) -> Result<u32, StoreError> {
+        let lo = self.wait_lo(sale);
         let ahead = self
             .txn
-            .scan(&lo, &keys::wait(sale_id, seq), WAITLIST_LEN_MAX as usize)?
+            .scan(
+                &lo,
+                &keys::wait(&sale.spec.id, seq),
+                WAITLIST_LEN_MAX as usize,
+            )?
             .len();
         Ok(u32::try_from(ahead).unwrap_or(u32::MAX).saturating_add(1))
     }
@@ -870,7 +912,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
             return Ok(());
         }
         let sale_id = sale.spec.id.clone();
-        let (lo, hi) = keys::wait_range(&sale_id);
+        let (_, hi) = keys::wait_range(&sale_id);
         let mut steps = 0;
         while sale.waitlist_len > 0 && sale.counters.available > 0 {
             if steps == HANDOFF_STEPS_MAX {
@@ -878,12 +920,14 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
                 break;
             }
             steps += 1;
+            let lo = self.wait_lo(sale);
             let Some((key, bytes)) = self.txn.scan(&lo, &hi, 1)?.into_iter().next() else {
                 return Err(StoreError::Invariant(format!(
                     "sale {sale_id}: waitlist_len > 0 but no entry"
                 )));
             };
             let entry: WaitEntry = codec::decode(&key, &bytes)?;
+            self.took_wait_head(&sale_id, &key);
             self.txn.delete(key);
             sale.waitlist_len -= 1;
             let mut user = self.load_user(&sale_id, &entry.user_id)?;
@@ -920,9 +964,11 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
 
     /// Drops up to `budget` entries of a closed sale's waitlist; true if it is now empty.
     fn drop_waitlist(&mut self, sale: &mut SaleRecord, budget: u32) -> Result<bool, StoreError> {
-        let (lo, hi) = keys::wait_range(&sale.spec.id);
+        let (_, hi) = keys::wait_range(&sale.spec.id);
+        let lo = self.wait_lo(sale);
         for (key, bytes) in self.txn.scan(&lo, &hi, budget as usize)? {
             let entry: WaitEntry = codec::decode(&key, &bytes)?;
+            self.took_wait_head(&sale.spec.id, &key);
             self.txn.delete(key);
             self.txn
                 .delete(keys::wait_user(&sale.spec.id, &entry.user_id));

@@ -12,11 +12,12 @@
 //! upstream example reads the metadata outside its view). Install checks the file, then
 //! replaces the whole column family in one synced `WriteBatch`.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
@@ -44,6 +45,8 @@ pub struct StateMachineStore {
     /// 0 after a start or a snapshot install, which is always true, and the first
     /// `Tick` raises it again.
     deadline_floor: Arc<AtomicU64>,
+    /// Per sale, the waitlist floor (`Machine::wait_floors`); only apply reads it.
+    wait_floors: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 impl StateMachineStore {
@@ -54,6 +57,7 @@ impl StateMachineStore {
             db,
             snapshot_dir,
             deadline_floor: Arc::default(),
+            wait_floors: Arc::default(),
         };
         // The second half of the conservation pair: what was written is checked on load.
         check_sales(&sm.view())?;
@@ -70,6 +74,13 @@ impl StateMachineStore {
     /// A lower bound of every pending deadline (for the ticker's look at the next one).
     pub fn deadline_floor(&self) -> u64 {
         self.deadline_floor.load(Ordering::Acquire)
+    }
+
+    fn wait_floors_now(&self) -> BTreeMap<String, u64> {
+        self.wait_floors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Every key and value of the state machine, in key order (for tests and audits).
@@ -106,8 +117,11 @@ impl StateMachineStore {
         let mut last_applied = None;
         let mut membership = None;
         let floor;
+        let wait_floors;
         {
-            let mut machine = Machine::load(&mut txn)?.with_deadline_floor(self.deadline_floor());
+            let mut machine = Machine::load(&mut txn)?
+                .with_deadline_floor(self.deadline_floor())
+                .with_wait_floors(self.wait_floors_now());
             for entry in entries {
                 last_applied = Some(entry.log_id);
                 let response = match &entry.payload {
@@ -121,6 +135,7 @@ impl StateMachineStore {
                 responses.push(response);
             }
             floor = machine.deadline_floor();
+            wait_floors = machine.wait_floors().clone();
             machine.finish()?;
         }
         if let Some(id) = &last_applied {
@@ -135,6 +150,7 @@ impl StateMachineStore {
         self.deadline_floor.fetch_min(floor, Ordering::AcqRel);
         self.commit(txn.into_writes(), false)?;
         self.deadline_floor.store(floor, Ordering::Release);
+        *self.wait_floors.lock().unwrap_or_else(|p| p.into_inner()) = wait_floors;
         Ok(responses)
     }
 
@@ -204,6 +220,10 @@ impl StateMachineStore {
         wo.set_sync(true);
         // The installed state's deadlines may be anywhere: scan from the start again.
         self.deadline_floor.store(0, Ordering::Release);
+        self.wait_floors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.db.write_opt(batch, &wo)?;
         // Keep the installed snapshot as the current one (to serve to other followers).
         let already_here = snapshot::latest(&self.snapshot_dir)?.is_some_and(|p| {

@@ -335,3 +335,79 @@ async fn deadline_floor_never_hides_a_live_deadline() {
         mem.state.into_iter().collect::<Vec<_>>()
     );
 }
+
+/// The waitlist floor (where the store starts a sale's waitlist scans, past the entries
+/// already taken from the head) never hides a waiting user: hand-offs after releases and
+/// expiries, users leaving from the head and the middle, joins at the tail and positions
+/// asked again, applied in store batches of varying size, end in exactly the state of a
+/// replay that scans from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waitlist_floor_never_hides_a_waiting_user() {
+    let mut s = spec(20);
+    s.per_user_limit = 1;
+    let ttl = s.hold_ttl_ms;
+    let mut mem = Mem::default();
+    let created = mem.apply(0, Command::CreateSale(s));
+    assert_eq!(code(&created), "ok", "{created:?}");
+    let mut at = 1_000;
+    let mut holds = Vec::new();
+    for i in 0..20 {
+        at += 1;
+        let user = format!("buyer{i}");
+        holds.push((
+            user.clone(),
+            held(&mem.apply(at, reserve(&user, 1, &format!("b{i}")))).hold_id,
+        ));
+    }
+    for i in 0..60 {
+        at += 1;
+        let r = mem.apply(at, join(&format!("w{i}"), 1, &format!("j{i}")));
+        assert_eq!(code(&r), "ok", "{r:?}");
+    }
+    // Every release hands its unit to the head of the line.
+    for (k, (user, id)) in holds.iter().enumerate() {
+        at += 1;
+        let r = mem.apply(at, release(user, *id, &format!("rel{k}")));
+        assert_eq!(code(&r), "ok", "{r:?}");
+        if k % 4 == 0 {
+            // The next in line leaves; someone further back asks for their position.
+            at += 1;
+            mem.apply(at, leave(&format!("w{}", k + 2), &format!("lv{k}")));
+            at += 1;
+            mem.apply(at, join(&format!("w{}", k + 30), 1, &format!("again{k}")));
+        }
+    }
+    // Promoted holds expire: their units go to the head again, by tick.
+    for round in 0..3 {
+        at += ttl + 10;
+        mem.apply(at, Command::Tick);
+        at += 1;
+        mem.apply(
+            at,
+            join(&format!("late{round}"), 1, &format!("late{round}")),
+        );
+        at += 1;
+        mem.apply(at, join("w59", 1, &format!("pos{round}")));
+    }
+    let stats = mem.sale().stats;
+    assert!(
+        stats.waitlist_promoted >= 30,
+        "the hand-off must run many times: {stats:?}"
+    );
+
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(&StoreOptions::new(dir.path())).unwrap();
+    let mut next = 0;
+    for size in [3usize, 1, 7, 2, 11, 1, 5].iter().cycle() {
+        if next >= mem.log.len() {
+            break;
+        }
+        let end = (next + size).min(mem.log.len());
+        apply_all(&mut sm, entries(next as u64 + 1, &mem.log[next..end])).await;
+        next = end;
+    }
+    assert_eq!(
+        domain(sm.dump().unwrap()),
+        mem.state.into_iter().collect::<Vec<_>>()
+    );
+}
