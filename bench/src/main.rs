@@ -440,7 +440,7 @@ async fn main() {
         Ok(()) => {
             let r = tokio::select! {
                 r = bench(&a, &dir) => r,
-                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+                sig = interrupted() => Err(anyhow::anyhow!("interrupted by {sig}")),
             };
             // Every server was stopped (by PID) when `bench` returned or was dropped.
             match r.and_then(|res| write(&a.out, &res)) {
@@ -454,6 +454,22 @@ async fn main() {
     };
     let _ = std::fs::remove_dir_all(&dir);
     std::process::exit(code);
+}
+
+/// Resolves on ctrl-c (SIGINT) or SIGTERM (`kill`, a CI timeout), so the servers are
+/// stopped either way; names the signal.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
 }
 
 fn write(out: &Path, res: &Results) -> Result<()> {
