@@ -536,6 +536,13 @@ mod tests {
 
     const TTL: Duration = Duration::from_millis(200);
 
+    fn stalls(conn: &Conn) -> u64 {
+        conn.pool
+            .stats()
+            .append_streams_stalled
+            .load(Ordering::Relaxed)
+    }
+
     #[tokio::test]
     async fn an_unanswered_append_fails_the_stream_as_unreachable_after_the_ttl() {
         let (mut conn, server) = silent_peer().await;
@@ -561,13 +568,7 @@ mod tests {
             "the stream ends after the failure"
         );
         drop(answers);
-        assert_eq!(
-            conn.pool
-                .stats()
-                .append_streams_stalled
-                .load(Ordering::Relaxed),
-            1
-        );
+        assert_eq!(stalls(&conn), 1);
         assert_eq!(conn.pool.stats().appends_sent.load(Ordering::Relaxed), 1);
         server.abort();
     }
@@ -583,13 +584,7 @@ mod tests {
         let waited = tokio::time::timeout(TTL * 4, answers.next()).await;
         assert!(waited.is_err(), "an idle stream yielded {waited:?}");
         drop(answers);
-        assert_eq!(
-            conn.pool
-                .stats()
-                .append_streams_stalled
-                .load(Ordering::Relaxed),
-            0
-        );
+        assert_eq!(stalls(&conn), 0);
         server.abort();
     }
 }

@@ -266,6 +266,20 @@ async fn current_snapshot_handle_reads_from_the_start() {
     assert_eq!(&magic, b"STKSNAP1");
 }
 
+/// Applies `log` to `sm` in batches whose sizes cycle through `sizes` (so the store's
+/// in-memory floors are carried both inside one apply call and across calls).
+async fn apply_in_batches(sm: &mut StateMachineStore, log: &[LogEntry], sizes: &[usize]) {
+    let mut next = 0;
+    for size in sizes.iter().cycle() {
+        if next >= log.len() {
+            break;
+        }
+        let end = (next + size).min(log.len());
+        apply_all(sm, entries(next as u64 + 1, &log[next..end])).await;
+        next = end;
+    }
+}
+
 /// The deadline floor (where the store starts its deadline scans, past the deleted ones)
 /// never hides a live deadline: a store that applies in batches of varying size, with
 /// the floor rising at every tick and falling with every new deadline, ends in exactly the
@@ -316,15 +330,7 @@ async fn deadline_floor_never_hides_a_live_deadline() {
 
     let dir = TempDir::new().unwrap();
     let (_log, mut sm) = open(&StoreOptions::new(dir.path())).unwrap();
-    let mut next = 0;
-    for size in [1usize, 2, 5, 3, 8, 1, 13].iter().cycle() {
-        if next >= mem.log.len() {
-            break;
-        }
-        let end = (next + size).min(mem.log.len());
-        apply_all(&mut sm, entries(next as u64 + 1, &mem.log[next..end])).await;
-        next = end;
-    }
+    apply_in_batches(&mut sm, &mem.log, &[1, 2, 5, 3, 8, 1, 13]).await;
     assert!(
         sm.deadline_floor() > 1_000,
         "the floor never rose: {}",
@@ -397,15 +403,7 @@ async fn waitlist_floor_never_hides_a_waiting_user() {
 
     let dir = TempDir::new().unwrap();
     let (_log, mut sm) = open(&StoreOptions::new(dir.path())).unwrap();
-    let mut next = 0;
-    for size in [3usize, 1, 7, 2, 11, 1, 5].iter().cycle() {
-        if next >= mem.log.len() {
-            break;
-        }
-        let end = (next + size).min(mem.log.len());
-        apply_all(&mut sm, entries(next as u64 + 1, &mem.log[next..end])).await;
-        next = end;
-    }
+    apply_in_batches(&mut sm, &mem.log, &[3, 1, 7, 2, 11, 1, 5]).await;
     assert_eq!(
         domain(sm.dump().unwrap()),
         mem.state.into_iter().collect::<Vec<_>>()
