@@ -118,6 +118,13 @@ pub trait Cluster: Send + Sync + 'static {
     /// This node's id.
     fn node_id(&self) -> u64;
 
+    /// Whether a reservation may be refused from a linearizable read, without a log
+    /// entry (`sold_out` and the like after a sale sells out; see `core::fast_reject`
+    /// for what that gives up). Off unless the node enables it.
+    fn refusals_from_reads(&self) -> bool {
+        false
+    }
+
     /// Proposes a command (already validated with
     /// `stockade_raft_store::validate::proposal`) and returns its response once applied.
     /// Followers forward to the leader; concurrent proposals may share one log entry.

@@ -46,6 +46,8 @@ pub struct ClusterConfig {
     pub propose_timeout: Duration,
     pub read_timeout: Duration,
     pub read_policy: ReadPolicy,
+    /// `--refusals-from-reads` (see `stockade_api::Cluster::refusals_from_reads`).
+    pub refusals_from_reads: bool,
 }
 
 /// One proposal waiting in the group-commit queue.
@@ -442,6 +444,10 @@ impl Cluster for NodeCluster {
 
     fn node_id(&self) -> u64 {
         self.id
+    }
+
+    fn refusals_from_reads(&self) -> bool {
+        self.cfg.refusals_from_reads
     }
 
     async fn propose(&self, cmd: Command) -> Result<Served<Response>, ClusterError> {

@@ -90,6 +90,12 @@ pub struct Args {
     /// How linearizable reads confirm leadership.
     #[arg(long, env = "STOCKADE_READ_POLICY", value_enum, default_value_t = ReadPolicyArg::ReadIndex)]
     pub read_policy: ReadPolicyArg,
+    /// Refuse reservations of a sold-out sale from a linearizable read, without a log
+    /// entry. Faster after sell-out, but such refusals are not recorded for idempotency:
+    /// a retry refused this way does not stop its earlier, unknown attempt from taking
+    /// effect later (see `api/src/core.rs`, `fast_reject`).
+    #[arg(long, env = "STOCKADE_REFUSALS_FROM_READS", default_value_t = false)]
+    pub refusals_from_reads: bool,
     /// Added to this node's wall clock when it stamps entries (fault injection only).
     #[arg(
         long,
@@ -140,6 +146,7 @@ pub struct Config {
     pub forward_timeout: Duration,
     pub read_timeout: Duration,
     pub read_policy: openraft::ReadPolicy,
+    pub refusals_from_reads: bool,
     pub clock_skew_ms: i64,
     pub log_format: LogFormat,
 }
@@ -251,6 +258,7 @@ impl Args {
                 ReadPolicyArg::ReadIndex => openraft::ReadPolicy::ReadIndex,
                 ReadPolicyArg::Lease => openraft::ReadPolicy::LeaseRead,
             },
+            refusals_from_reads: self.refusals_from_reads,
             clock_skew_ms: self.clock_skew_ms,
             log_format: self.log_format,
         })

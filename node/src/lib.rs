@@ -154,6 +154,7 @@ pub async fn start(cfg: Config) -> Result<NodeHandle, StartError> {
             propose_timeout: cfg.propose_timeout,
             read_timeout: cfg.read_timeout,
             read_policy: cfg.read_policy.clone(),
+            refusals_from_reads: cfg.refusals_from_reads,
         },
         stats: stats.clone(),
         me: me.clone(),

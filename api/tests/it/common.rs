@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{Seek, SeekFrom, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +34,8 @@ pub struct Fake {
     pub admin_calls: Mutex<Vec<String>>,
     pub not_ready: Mutex<Option<Readiness>>,
     pub backup_bytes: Mutex<Option<Vec<u8>>>,
+    /// What `Cluster::refusals_from_reads` answers (off, like a node by default).
+    pub refusals_from_reads: AtomicBool,
 }
 
 impl Fake {
@@ -68,6 +70,10 @@ impl Cluster for Fake {
 
     fn node_id(&self) -> u64 {
         SERVED_BY
+    }
+
+    fn refusals_from_reads(&self) -> bool {
+        self.refusals_from_reads.load(Ordering::SeqCst)
     }
 
     async fn propose(&self, cmd: Command) -> Result<Served<Response>, ClusterError> {

@@ -922,6 +922,9 @@ async fn metrics_count_routes_reservations_and_rejections() {
 #[tokio::test]
 async fn a_sold_out_sale_refuses_reservations_without_a_log_entry() {
     let h = Http::new();
+    h.fake
+        .refusals_from_reads
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     h.open_sale(1).await;
     let first = h.reserve("alice", 1, "a1").await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
@@ -948,4 +951,40 @@ async fn a_sold_out_sale_refuses_reservations_without_a_log_entry() {
     assert_eq!(again.status, StatusCode::CREATED, "{}", again.text);
     assert_eq!(again.body["hold_id"], first.body["hold_id"]);
     assert_eq!(h.fake.proposals.lock().unwrap().len(), proposals + 1);
+}
+
+/// By default a refusal goes through the log like any answer, so it is recorded: a retry
+/// of the refused request id gets the same refusal even after a unit has come back (a
+/// late first attempt of that id would too). With refusals from reads, the retry would be
+/// looked at afresh and get the unit.
+#[tokio::test]
+async fn by_default_a_refusal_is_recorded_and_its_retry_gets_it_back() {
+    let h = Http::new();
+    h.open_sale(1).await;
+    let first = h.reserve("alice", 1, "a1").await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    let before = h.fake.proposals.lock().unwrap().len();
+    let refused = h.reserve("bob", 1, "b1").await;
+    assert_eq!(refused.code(), "sold_out", "{}", refused.text);
+    assert_eq!(
+        h.fake.proposals.lock().unwrap().len(),
+        before + 1,
+        "the refusal went through the log"
+    );
+    let r = h
+        .post(
+            "/v1/holds/1/release",
+            json!({"user_id": "alice", "request_id": "rel"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let again = h.reserve("bob", 1, "b1").await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
+    assert_eq!(
+        again.code(),
+        "sold_out",
+        "the recorded first answer comes back"
+    );
+    let fresh = h.reserve("bob", 1, "b2").await;
+    assert_eq!(fresh.status, StatusCode::CREATED, "{}", fresh.text);
 }
