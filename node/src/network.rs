@@ -191,20 +191,21 @@ impl Conn {
         let resp = call(client, request)
             .await
             .map_err(|s| status_to_rpc(self.target, s))?;
-        // The remote answers Result<T, String>: an Err is a fault on the peer (shutting
-        // down, storage error); openraft treats it as a network failure and retries.
-        let out: Result<Resp, String> =
-            wire::decode(&resp.into_inner().payload).map_err(|s| status_to_rpc(self.target, s))?;
-        out.map_err(|e| RPCError::Network(NetworkError::new(&PeerError(self.target, e))))
+        peer_answer(self.target, &resp.into_inner().payload)
     }
 }
 
 /// What one `StreamAppend` answer carries.
 type StreamItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
-fn stream_answer(target: u64, payload: &[u8]) -> StreamItem {
-    let out: Result<StreamAppendResult<TypeConfig>, String> =
-        wire::decode(payload).map_err(|s| status_to_rpc(target, s))?;
+/// Decodes a peer's `Result<T, String>` answer (unary replies and stream messages alike):
+/// an `Err` is a fault on the peer (shutting down, storage error), which openraft treats
+/// as a network failure and retries.
+fn peer_answer<T: DeserializeOwned>(
+    target: u64,
+    payload: &[u8],
+) -> Result<T, RPCError<TypeConfig>> {
+    let out: Result<T, String> = wire::decode(payload).map_err(|s| status_to_rpc(target, s))?;
     out.map_err(|e| RPCError::Network(NetworkError::new(&PeerError(target, e))))
 }
 
@@ -281,7 +282,7 @@ impl RaftNetworkV2<TypeConfig> for Conn {
                         match tokio::time::timeout(ttl, responses.message()).await {
                             Ok(Ok(Some(env))) => {
                                 received += 1;
-                                let item = stream_answer(target, &env.payload);
+                                let item: StreamItem = peer_answer(target, &env.payload);
                                 let more = matches!(item, Ok(Ok(_)));
                                 return Some((item, more.then_some((responses, received))));
                             }

@@ -23,7 +23,7 @@
 //!   It only decides where scans begin, never what they find, so it is not part of the
 //!   replicated state: a replica that does not know it (0) computes the same results.
 //! - The waitlist has the same shape (entries are taken from the head and deleted), so
-//!   each sale has a *waitlist floor* too ([`Machine::wait_floors`]): the sequence after
+//!   each sale has a *waitlist floor* too ([`Machine::with_wait_floors`]): the sequence after
 //!   the last entry taken from the head. Sequences only grow, so nothing live is below
 //!   it; a floor above the sale's next sequence is ignored.
 //!   Checkout, payment and release recheck deadlines themselves, so correctness never
@@ -83,9 +83,10 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
         self
     }
 
-    /// The waitlist floors after this call's writes (raised as entries leave the head).
-    pub fn wait_floors(&self) -> &BTreeMap<String, u64> {
-        &self.wait_floors
+    /// Takes the waitlist floors after this call's writes (raised as entries leave the
+    /// head), leaving none.
+    pub fn take_wait_floors(&mut self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut self.wait_floors)
     }
 
     /// Where a scan of `sale`'s live waitlist entries may start.

@@ -45,7 +45,7 @@ pub struct StateMachineStore {
     /// 0 after a start or a snapshot install, which is always true, and the first
     /// `Tick` raises it again.
     deadline_floor: Arc<AtomicU64>,
-    /// Per sale, the waitlist floor (`Machine::wait_floors`); only apply reads it.
+    /// Per sale, the waitlist floor (`Machine::with_wait_floors`); only apply uses it.
     wait_floors: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
@@ -76,11 +76,10 @@ impl StateMachineStore {
         self.deadline_floor.load(Ordering::Acquire)
     }
 
-    fn wait_floors_now(&self) -> BTreeMap<String, u64> {
-        self.wait_floors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// Moves the floors out for one apply call (put back after its commit; an apply that
+    /// fails leaves none, which is always safe).
+    fn take_wait_floors(&self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut *self.wait_floors.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Every key and value of the state machine, in key order (for tests and audits).
@@ -121,7 +120,7 @@ impl StateMachineStore {
         {
             let mut machine = Machine::load(&mut txn)?
                 .with_deadline_floor(self.deadline_floor())
-                .with_wait_floors(self.wait_floors_now());
+                .with_wait_floors(self.take_wait_floors());
             for entry in entries {
                 last_applied = Some(entry.log_id);
                 let response = match &entry.payload {
@@ -135,7 +134,7 @@ impl StateMachineStore {
                 responses.push(response);
             }
             floor = machine.deadline_floor();
-            wait_floors = machine.wait_floors().clone();
+            wait_floors = machine.take_wait_floors();
             machine.finish()?;
         }
         if let Some(id) = &last_applied {
