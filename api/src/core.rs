@@ -12,12 +12,42 @@ use crate::cluster::{Cluster, ReadLevel, Served};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
+/// Whether the client may have sent a reservation's request id before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Attempt {
+    /// The client says this is its first send of the request id (`first_attempt`).
+    First,
+    /// A retry, or a client that does not say: an earlier send may still be in flight.
+    MaybeRepeated,
+}
+
+impl Attempt {
+    pub(crate) fn from_flag(first_attempt: bool) -> Self {
+        if first_attempt {
+            Attempt::First
+        } else {
+            Attempt::MaybeRepeated
+        }
+    }
+}
+
 /// Validates and proposes `cmd`. `Ok` carries a success response and the serving node;
 /// a business rejection comes back as `ApiError::Rejected` with that node.
 pub(crate) async fn propose<C: Cluster>(
     cluster: &C,
     metrics: &Metrics,
     cmd: Command,
+) -> Result<Served<Response>, ApiError> {
+    propose_as(cluster, metrics, cmd, Attempt::MaybeRepeated).await
+}
+
+/// [`propose`], where a reservation the client marks as its first attempt may be
+/// refused from a read (see [`fast_reject`]).
+pub(crate) async fn propose_as<C: Cluster>(
+    cluster: &C,
+    metrics: &Metrics,
+    cmd: Command,
+    attempt: Attempt,
 ) -> Result<Served<Response>, ApiError> {
     if let Err(reject) = validate::proposal(&cmd) {
         metrics.rejected(reject.code());
@@ -26,7 +56,7 @@ pub(crate) async fn propose<C: Cluster>(
             served_by: None,
         });
     }
-    if cluster.refusals_from_reads() {
+    if attempt == Attempt::First && cluster.refusals_from_reads() {
         if let Some(rejected) = fast_reject(cluster, &cmd).await {
             metrics.rejected(rejected.0.code());
             return Err(ApiError::Rejected {
@@ -58,18 +88,21 @@ pub(crate) async fn propose<C: Cluster>(
 /// A reserve is refused here only when a *linearizable* view (the leader's read index, no
 /// write) shows that no one could get `qty` units now (`sale_not_found`, `sale_ended`,
 /// `sold_out`, `insufficient_stock`; see `query::reserve_precheck`), so the refusal is a
-/// correct answer linearized at that read. A retry of a request that already has an answer
-/// is never decided here: its recorded first answer must come back. The local (stale)
-/// view is looked at first, so while units remain a reservation costs no extra round.
-/// Refusals decided here are not recorded for idempotency: they did not happen, and a
-/// retry is looked at afresh.
+/// correct answer linearized at that read. The local (stale) view is looked at first, so
+/// while units remain a reservation costs no extra round. A refusal decided here is not
+/// recorded: nothing happened, and the request id stays unused.
 ///
-/// **Opt-in** (`--refusals-from-reads`), because of what that costs a client that retries:
-/// a first attempt whose outcome was unknown (its forward to the leader timed out during a
-/// partition) can still reach the leader and take effect after its retry was refused
-/// here, so one request id gets `sold_out` and, later, a hold. The Jepsen-style suite
-/// found exactly that (docker backend, partition then heal, 2026-11-21). Through the log
-/// (the default) the refusal is recorded and the late first attempt gets it back.
+/// **Only for a first attempt** ([`Attempt::First`], the client's `first_attempt` flag).
+/// A retry may have an earlier send still in flight: its forward to the leader timed out
+/// during a partition, so its outcome was unknown, and it can still reach the leader and
+/// take effect after the retry was refused here, giving one request id `sold_out` and,
+/// later, a hold. The Jepsen-style suite found exactly that (docker backend, partition
+/// then heal, 2026-11-21), when every attempt could be refused here. A retry, or a client
+/// that does not say, goes through the log instead, where its answer is recorded and a
+/// late earlier send gets that same answer back. A first send has no earlier send, so
+/// nothing can take effect under its request id except through the log, later, by a
+/// retry that is itself recorded. The node can turn the whole path off
+/// (`--refusals-from-reads false`).
 async fn fast_reject<C: Cluster>(cluster: &C, cmd: &Command) -> Option<(Reject, u64)> {
     let Command::Reserve {
         sale_id,

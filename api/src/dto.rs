@@ -263,6 +263,13 @@ pub struct ReserveBody {
     pub qty: u32,
     /// Idempotency key: a retry with the same (user_id, request_id) gets the first answer.
     pub request_id: String,
+    /// `true` only on the client's first send of this request id, never on a retry.
+    /// Such a reservation may be refused (`sold_out` and the like) from a linearizable
+    /// read, without a log entry, which is twice as fast after a sale sells out; a retry
+    /// (or `false`, the default) goes through the log so that it and any earlier send
+    /// still in flight get one recorded answer. A waitlist join (same body) ignores it.
+    #[serde(default)]
+    pub first_attempt: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, ToSchema)]

@@ -286,7 +286,8 @@ async fn reserve_item<C: Cluster>(
         qty: r.qty,
         request_id: r.request_id,
     };
-    let (result, served_by) = match core::propose(&*s.cluster, &s.metrics, cmd).await {
+    let attempt = core::Attempt::from_flag(r.first_attempt);
+    let (result, served_by) = match core::propose_as(&*s.cluster, &s.metrics, cmd, attempt).await {
         Ok(served) => match served.value {
             Answer::Held(g) => (R::Hold(grant_to_pb(g)), served.served_by),
             other => {
@@ -393,7 +394,9 @@ impl<C: Cluster> pb::stockade_server::Stockade for StockadeService<C> {
             qty: r.qty,
             request_id: r.request_id,
         };
-        match self.propose(cmd).await? {
+        let attempt = core::Attempt::from_flag(r.first_attempt);
+        let served = core::propose_as(&*self.s.cluster, &self.s.metrics, cmd, attempt).await?;
+        match (served.value, served.served_by) {
             (Answer::Held(g), by) => ok(grant_to_pb(g), by),
             (other, _) => Err(core::unexpected("reserve", &other).into()),
         }

@@ -439,7 +439,9 @@ async fn reserve<C: Cluster>(
         qty: b.qty,
         request_id: b.request_id,
     };
-    match propose(&s, cmd).await? {
+    let attempt = core::Attempt::from_flag(b.first_attempt);
+    let served = core::propose_as(&*s.cluster, &s.metrics, cmd, attempt).await?;
+    match (served.value, served.served_by) {
         (Answer::Held(g), by) => Ok(reply(StatusCode::CREATED, by, HoldGrantDto::from(g))),
         (other, _) => Err(core::unexpected("reserve", &other)),
     }

@@ -379,7 +379,13 @@ impl Target for EtcdTarget {
         self.gw.urls.len()
     }
 
-    async fn reserve(&self, idx: usize, user: &str, _rid: &str) -> Outcome<Granted<EtcdHold>> {
+    async fn reserve(
+        &self,
+        idx: usize,
+        user: &str,
+        _rid: &str,
+        _first: bool,
+    ) -> Outcome<Granted<EtcdHold>> {
         let user_key = format!("{}/user/{user}", self.p);
         let exp_ms = now_ms() + self.ttl_ms;
         match self.design {

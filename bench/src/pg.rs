@@ -219,7 +219,13 @@ impl Target for PgTarget {
         self.conns.len()
     }
 
-    async fn reserve(&self, idx: usize, user: &str, _rid: &str) -> Outcome<Granted<i64>> {
+    async fn reserve(
+        &self,
+        idx: usize,
+        user: &str,
+        _rid: &str,
+        _first: bool,
+    ) -> Outcome<Granted<i64>> {
         let c = self.conn(idx);
         match c
             .c

@@ -176,7 +176,13 @@ impl Target for RedisTarget {
         self.conns.len()
     }
 
-    async fn reserve(&self, idx: usize, user: &str, _rid: &str) -> Outcome<Granted<u64>> {
+    async fn reserve(
+        &self,
+        idx: usize,
+        user: &str,
+        _rid: &str,
+        _first: bool,
+    ) -> Outcome<Granted<u64>> {
         let id = self.next_hold.fetch_add(1, Ordering::Relaxed);
         let mut c = self.conn(idx);
         let r = self

@@ -113,11 +113,13 @@ pub trait Target: Send + Sync + 'static {
     type Hold: Send + Sync + 'static;
     type Order: Send + Sync + 'static;
     fn endpoints(&self) -> usize;
+    /// `first`: this is the first send of `rid` (a retry says `false`).
     fn reserve(
         &self,
         idx: usize,
         user: &str,
         rid: &str,
+        first: bool,
     ) -> impl Future<Output = Outcome<Granted<Self::Hold>>> + Send;
     fn checkout(
         &self,
@@ -329,7 +331,9 @@ impl Shared {
 }
 
 /// Sends one request, retrying transient failures with the same request id (and moving
-/// to the next endpoint). Returns the final outcome.
+/// to the next endpoint). `f` learns whether its send is the first of that request id
+/// (a reservation says so to the server: only a first send may be refused from a read).
+/// Returns the final outcome.
 async fn with_retries<T, F, Fut>(
     sh: &Shared,
     t: &mut Tally,
@@ -338,13 +342,13 @@ async fn with_retries<T, F, Fut>(
     mut f: F,
 ) -> Outcome<T>
 where
-    F: FnMut(usize) -> Fut,
+    F: FnMut(usize, bool) -> Fut,
     Fut: std::future::Future<Output = Outcome<T>>,
 {
     let mut tries = 0;
     loop {
         let started = Instant::now();
-        let o = f(*idx).await;
+        let o = f(*idx, tries == 0).await;
         t.record(started);
         match o {
             Outcome::Transient(code) => {
@@ -395,10 +399,10 @@ async fn worker<T: Target>(sh: Arc<Shared>, tr: Arc<T>, first: usize) -> Result<
             sh.progress.attempts.fetch_add(1, Ordering::Relaxed);
             let rid = new_request_id("b");
             let began = due.take().unwrap_or_else(Instant::now);
-            let o = with_retries(&sh, &mut t, &mut idx, n, |k| {
+            let o = with_retries(&sh, &mut t, &mut idx, n, |k, first| {
                 let tr = tr.clone();
                 let (u, r) = (user.clone(), rid.clone());
-                async move { tr.reserve(k, &u, &r).await }
+                async move { tr.reserve(k, &u, &r, first).await }
             })
             .await;
             let _ = t.reserve_us.record(us_since(began));
@@ -453,7 +457,7 @@ async fn release<T: Target>(
     hold: &T::Hold,
 ) {
     let rid = new_request_id("r");
-    let o = with_retries(sh, t, idx, n, |k| {
+    let o = with_retries(sh, t, idx, n, |k, _| {
         let tr = tr.clone();
         let (u, r) = (user.to_string(), rid.clone());
         async move { tr.release(k, hold, &u, &r).await }
@@ -478,7 +482,7 @@ async fn checkout_pay<T: Target>(
     hold: &T::Hold,
 ) {
     let rid = new_request_id("c");
-    let o = with_retries(sh, t, idx, n, |k| {
+    let o = with_retries(sh, t, idx, n, |k, _| {
         let tr = tr.clone();
         let (u, r) = (user.to_string(), rid.clone());
         async move { tr.checkout(k, hold, &u, &r).await }
@@ -499,7 +503,7 @@ async fn checkout_pay<T: Target>(
         return;
     }
     let rid = new_request_id("p");
-    let o = with_retries(sh, t, idx, n, |k| {
+    let o = with_retries(sh, t, idx, n, |k, _| {
         let tr = tr.clone();
         let (u, r) = (user.to_string(), rid.clone());
         let order = &order.order;
@@ -794,12 +798,13 @@ impl StockadeTarget {
     }
 
     /// One unit of this sale for `user`, as a gRPC reservation.
-    fn reserve_req(&self, user: &str, rid: &str) -> pb::ReserveRequest {
+    fn reserve_req(&self, user: &str, rid: &str, first: bool) -> pb::ReserveRequest {
         pb::ReserveRequest {
             sale_id: self.sale.clone(),
             user_id: user.to_string(),
             qty: 1,
             request_id: rid.to_string(),
+            first_attempt: first,
         }
     }
 
@@ -830,13 +835,20 @@ impl Target for StockadeTarget {
         }
     }
 
-    async fn reserve(&self, idx: usize, user: &str, rid: &str) -> Outcome<Granted<u64>> {
+    async fn reserve(
+        &self,
+        idx: usize,
+        user: &str,
+        rid: &str,
+        first: bool,
+    ) -> Outcome<Granted<u64>> {
         match &self.transport {
             Transport::Http(c) => {
                 let body = ReserveBody {
                     user_id: user.to_string(),
                     qty: 1,
                     request_id: rid.to_string(),
+                    first_attempt: first,
                 };
                 let path = format!("/v1/sales/{}/holds", seg(&self.sale));
                 Self::http::<_, HoldGrantDto>(c, idx, &path, &body)
@@ -847,15 +859,17 @@ impl Target for StockadeTarget {
                     })
             }
             Transport::GrpcStream(_, lanes) => {
-                lanes.reserve(idx, self.reserve_req(user, rid)).await
+                lanes.reserve(idx, self.reserve_req(user, rid, first)).await
             }
             Transport::Grpc(chans) => {
                 let Some(mut ch) = Self::chan(chans, idx) else {
                     return Outcome::Transient("transport".into());
                 };
-                grpc_outcome(ch.reserve(self.reserve_req(user, rid)).await).map(|g| Granted {
-                    hold: g.hold_id,
-                    qty: g.qty,
+                grpc_outcome(ch.reserve(self.reserve_req(user, rid, first)).await).map(|g| {
+                    Granted {
+                        hold: g.hold_id,
+                        qty: g.qty,
+                    }
                 })
             }
         }

@@ -214,6 +214,8 @@ async fn dispatch(c: &Client, cfg: &Config, cmd: Command) -> Res {
                 user_id,
                 qty,
                 request_id: request_id(&req),
+                // The client retries a send whose outcome is unknown with this body.
+                first_attempt: false,
             };
             let g: HoldGrantDto = c
                 .post(&format!("/v1/sales/{}/holds", seg(&sale_id)), &body)
@@ -902,6 +904,8 @@ async fn waitlist(c: &Client, out: Output, cmd: WaitlistCommand) -> Res {
                 user_id,
                 qty,
                 request_id: request_id(&req),
+                // The client retries a send whose outcome is unknown with this body.
+                first_attempt: false,
             };
             let r: WaitlistJoinedDto = c
                 .post(&format!("/v1/sales/{}/waitlist", seg(&sale_id)), &body)

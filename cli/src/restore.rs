@@ -100,13 +100,8 @@ pub async fn restore(args: &RestoreArgs) -> Result<RestoreReport, RestoreError> 
         source,
     };
 
-    // Read and verify the whole backup before writing anything.
     let file = File::open(&args.file).map_err(io(&args.file))?;
     let (mut reader, old_meta) = SnapshotReader::open(file).map_err(backup_err)?;
-    let mut records = BTreeMap::new();
-    while let Some((k, v)) = reader.next_record().map_err(backup_err)? {
-        records.insert(k, v);
-    }
     let Some(last) = old_meta.last_log_id else {
         return Err(RestoreError::Usage(format!(
             "backup {} is of an empty state: nothing to restore",
@@ -137,12 +132,23 @@ pub async fn restore(args: &RestoreArgs) -> Result<RestoreReport, RestoreError> 
     };
     let encoded = codec::encode("membership", &stored)
         .map_err(|e| RestoreError::Store(format!("encoding the membership: {e}")))?;
-    records.insert(keys::META_MEMBERSHIP.to_vec(), encoded);
 
-    // Stage the rewritten snapshot inside the new directory, then install it.
+    // Stage the rewritten snapshot inside the new directory, then install it. The copy
+    // streams record by record (memory does not grow with the backup); the backup's
+    // count and checksum are verified at its end, and a backup that fails leaves no
+    // staging behind.
     let staging = args.data_dir.join(STAGING_DIR);
     fs::create_dir_all(&staging).map_err(io(&staging))?;
-    let staged = write_snapshot(&staging, &meta, &records)?;
+    let (staged, state_records) = match rewrite(&mut reader, &staging, &meta, &encoded) {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(match e {
+                Rewrite::Backup(source) => backup_err(source),
+                Rewrite::Store(e) => e,
+            });
+        }
+    };
     let (mut log, mut sm) = open(&StoreOptions::new(&args.data_dir))
         .map_err(|e| RestoreError::Store(format!("opening {}: {e}", args.data_dir.display())))?;
     let snap = File::open(&staged).map_err(io(&staged))?;
@@ -165,21 +171,48 @@ pub async fn restore(args: &RestoreArgs) -> Result<RestoreReport, RestoreError> 
         last_log_index: last.index,
         last_log_term: term,
         voters: voters.into_iter().collect(),
-        state_records: records.len() as u64,
+        state_records,
     })
 }
 
-fn write_snapshot(
+/// Why a streamed rewrite stopped: the backup (unreadable, corrupt) or the staged copy.
+enum Rewrite {
+    Backup(stockade_raft_store::StoreError),
+    Store(RestoreError),
+}
+
+/// Copies the backup's records from `reader` into a snapshot in `dir` under `meta`, with
+/// the membership record replaced by `membership` (inserted where it sorts if the backup
+/// had none). Returns the staged file and how many records it holds.
+fn rewrite<R: std::io::Read>(
+    reader: &mut SnapshotReader<R>,
     dir: &Path,
     meta: &SnapshotMeta,
-    records: &BTreeMap<Vec<u8>, Vec<u8>>,
-) -> Result<PathBuf, RestoreError> {
+    membership: &[u8],
+) -> Result<(PathBuf, u64), Rewrite> {
     let store = |e: stockade_raft_store::StoreError| {
-        RestoreError::Store(format!("writing the staged snapshot: {e}"))
+        Rewrite::Store(RestoreError::Store(format!(
+            "writing the staged snapshot: {e}"
+        )))
     };
     let mut w = SnapshotWriter::create(dir, meta).map_err(store)?;
-    for (k, v) in records {
-        w.record(k, v).map_err(store)?;
+    let mut count = 0u64;
+    let mut membership_written = false;
+    while let Some((k, v)) = reader.next_record().map_err(Rewrite::Backup)? {
+        if !membership_written && k.as_slice() >= keys::META_MEMBERSHIP {
+            w.record(keys::META_MEMBERSHIP, membership).map_err(store)?;
+            count += 1;
+            membership_written = true;
+            if k.as_slice() == keys::META_MEMBERSHIP {
+                continue;
+            }
+        }
+        w.record(&k, &v).map_err(store)?;
+        count += 1;
     }
-    w.finish(dir, meta).map_err(store)
+    if !membership_written {
+        w.record(keys::META_MEMBERSHIP, membership).map_err(store)?;
+        count += 1;
+    }
+    Ok((w.finish(dir, meta).map_err(store)?, count))
 }

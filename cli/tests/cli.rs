@@ -174,6 +174,50 @@ fn restore_refuses_a_file_that_is_not_a_backup() {
     assert!(!target.join("db").exists(), "nothing written");
 }
 
+/// A backup that breaks only at its end (a flipped byte in a record: the checksum
+/// fails after every record was read) is refused, and the copy streamed so far is
+/// removed: the data directory is left as it was found.
+#[test]
+fn restore_refuses_a_corrupt_backup_and_leaves_no_staging_behind() {
+    use stockade_raft_store::store::snapshot::SnapshotWriter;
+    let dir = tempfile::tempdir().expect("tmp");
+    let meta = stockade_raft_store::SnapshotMeta {
+        last_log_id: Some(openraft::testing::log_id::<stockade_raft_store::TypeConfig>(2, 1, 40)),
+        last_membership: Default::default(),
+    };
+    let mut w = SnapshotWriter::create(dir.path(), &meta).expect("writer");
+    for i in 0..50u32 {
+        w.record(&[0x30, (i >> 8) as u8, i as u8], &[7u8; 64])
+            .expect("record");
+    }
+    let f = w.finish(dir.path(), &meta).expect("finish");
+    let mut bytes = std::fs::read(&f).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&f, &bytes).expect("write");
+    let target = dir.path().join("data");
+    let out = stockctl(
+        "http://127.0.0.1:1",
+        &[
+            "restore",
+            f.to_str().expect("utf-8"),
+            "--data-dir",
+            target.to_str().expect("utf-8"),
+            "--node-id",
+            "1",
+            "--peers",
+            "1=127.0.0.1:50051/127.0.0.1:8080",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("checksum"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&target)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 #[test]
 fn holds_lists_a_users_holds_as_a_table() {
     let (addr, _) = fake(

@@ -90,11 +90,20 @@ pub struct Args {
     /// How linearizable reads confirm leadership.
     #[arg(long, env = "STOCKADE_READ_POLICY", value_enum, default_value_t = ReadPolicyArg::ReadIndex)]
     pub read_policy: ReadPolicyArg,
-    /// Refuse reservations of a sold-out sale from a linearizable read, without a log
-    /// entry. Faster after sell-out, but such refusals are not recorded for idempotency:
-    /// a retry refused this way does not stop its earlier, unknown attempt from taking
-    /// effect later (see `api/src/core.rs`, `fast_reject`).
-    #[arg(long, env = "STOCKADE_REFUSALS_FROM_READS", default_value_t = false)]
+    /// Refuse a reservation the client marks `first_attempt` from a linearizable read,
+    /// without a log entry, when the sale cannot serve it (sold out, ended, ...): about
+    /// twice the refusals per second after sell-out. Retries and unmarked requests always
+    /// go through the log, where their answers are recorded (see `api/src/core.rs`,
+    /// `fast_reject`). `--refusals-from-reads false` sends every reservation through the
+    /// log.
+    #[arg(
+        long,
+        env = "STOCKADE_REFUSALS_FROM_READS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
     pub refusals_from_reads: bool,
     /// Added to this node's wall clock when it stamps entries (fault injection only).
     #[arg(
@@ -284,6 +293,16 @@ mod tests {
         assert!(c.peers.is_empty());
         assert_eq!(c.http_listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.grpc_listen.to_string(), "127.0.0.1:50051");
+        assert!(c.refusals_from_reads, "on unless turned off");
+        Ok(())
+    }
+
+    #[test]
+    fn refusals_from_reads_can_be_turned_off_and_on() -> Result<(), ConfigError> {
+        assert!(!parse(&["--refusals-from-reads", "false"])?.refusals_from_reads);
+        assert!(!parse(&["--refusals-from-reads=false"])?.refusals_from_reads);
+        assert!(parse(&["--refusals-from-reads"])?.refusals_from_reads);
+        assert!(parse(&["--refusals-from-reads", "true"])?.refusals_from_reads);
         Ok(())
     }
 

@@ -67,6 +67,7 @@ async fn a_client_of_a_follower_is_served_by_the_leader_over_grpc() {
         user_id: user.into(),
         qty: 1,
         request_id: req.into(),
+        first_attempt: false,
     };
     let held = client.reserve(reserve("ann", "a1")).await.unwrap();
     assert_eq!(served_by(&held), leader.to_string());

@@ -5,6 +5,10 @@
 //! ```sh
 //! cargo run --release -p stockade-raft-store --example memory_1m -- [DIR] [N]
 //! ```
+//! Then, in a fresh process of itself (so its peak is the install's alone), it installs
+//! the snapshot into an empty store, as a follower that catches up does, and prints that
+//! process's resident memory before and after and its peak (`VmHWM`). The same mode on
+//! its own: `memory_1m install SNAPSHOT_FILE DIR`.
 //! Commands are applied as the node applies them: group-commit entries of
 //! `COMMANDS_PER_ENTRY` commands, `ENTRIES_PER_APPLY` entries per apply call. DIR defaults
 //! to `./target/memory-1m` (removed afterwards). What this leaves out of a node's memory:
@@ -34,12 +38,44 @@ fn log_id(i: u64) -> stockade_raft_store::LogId {
 
 /// Resident set size of this process, MiB (Linux `/proc/self/status`).
 fn rss_mib() -> f64 {
+    status_mib("VmRSS:")
+}
+
+/// A memory line of `/proc/self/status` (`VmRSS:`, `VmHWM:` for the peak), MiB.
+fn status_mib(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// Installs the snapshot `file` into a new store under `dir` and prints what that cost.
+#[allow(clippy::disallowed_methods)] // a benchmark reads the clock; apply never does
+async fn install_only(file: &std::path::Path, dir: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    let (_log, mut sm) = open(&StoreOptions::new(dir)).unwrap();
+    let (_, meta) = stockade_raft_store::store::snapshot::SnapshotReader::open(
+        std::fs::File::open(file).unwrap(),
+    )
+    .unwrap();
+    let before = rss_mib();
+    let t = Instant::now();
+    sm.install_snapshot(&meta, std::fs::File::open(file).unwrap())
+        .await
+        .unwrap();
+    println!(
+        "install of {:.1} MiB of snapshot into an empty store: {:.1} s; rss before {:.1} MiB, \
+         after {:.1} MiB, peak of this process {:.1} MiB",
+        std::fs::metadata(file).map_or(f64::NAN, |m| m.len() as f64 / (1024.0 * 1024.0)),
+        t.elapsed().as_secs_f64(),
+        before,
+        rss_mib(),
+        status_mib("VmHWM:")
+    );
+    drop(sm);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn dir_mib(dir: &std::path::Path) -> f64 {
@@ -62,6 +98,13 @@ fn dir_mib(dir: &std::path::Path) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("install") {
+        let (Some(file), Some(dir)) = (args.get(2), args.get(3)) else {
+            panic!("usage: memory_1m install SNAPSHOT_FILE DIR");
+        };
+        install_only(file.as_ref(), dir.as_ref()).await;
+        return;
+    }
     let dir = std::path::PathBuf::from(
         args.get(1)
             .cloned()
@@ -205,6 +248,16 @@ async fn main() {
         rss_mib()
     );
     drop(snap);
+    let file = stockade_raft_store::store::snapshot::latest(sm.snapshot_dir())
+        .unwrap()
+        .expect("the snapshot just built");
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("install")
+        .arg(&file)
+        .arg(dir.join("installed"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "the install process failed: {status}");
     drop(sm);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -34,7 +34,8 @@ pub struct Fake {
     pub admin_calls: Mutex<Vec<String>>,
     pub not_ready: Mutex<Option<Readiness>>,
     pub backup_bytes: Mutex<Option<Vec<u8>>>,
-    /// What `Cluster::refusals_from_reads` answers (off, like a node by default).
+    /// What `Cluster::refusals_from_reads` answers (off unless a test turns it on; a
+    /// node has it on by default).
     pub refusals_from_reads: AtomicBool,
 }
 
@@ -300,6 +301,15 @@ impl Http {
         self.post(
             &format!("/v1/sales/{SALE}/holds"),
             json!({"user_id": user, "qty": qty, "request_id": req}),
+        )
+        .await
+    }
+
+    /// A reservation the client marks as its first send of `req`.
+    pub async fn reserve_first(&self, user: &str, qty: u32, req: &str) -> Reply {
+        self.post(
+            &format!("/v1/sales/{SALE}/holds"),
+            json!({"user_id": user, "qty": qty, "request_id": req, "first_attempt": true}),
         )
         .await
     }

@@ -79,6 +79,7 @@ fn reserve_req(user: &str, qty: u32, req: &str) -> pb::ReserveRequest {
         user_id: user.into(),
         qty,
         request_id: req.into(),
+        first_attempt: false,
     }
 }
 
@@ -293,6 +294,59 @@ async fn reserve_stream_answers_each_request_and_survives_rejections() {
     }
     assert_eq!((held, sold_out), (3, 1));
     assert!(matches!(answers["bad-qty"].result, Some(R::Error(_))));
+}
+
+/// Both gRPC reservation paths pass the client's `first_attempt` on: a marked first
+/// attempt at a sold-out sale is refused from a read (no proposal), an unmarked one (a
+/// retry) is proposed.
+#[tokio::test]
+async fn grpc_first_attempts_may_be_refused_from_a_read_retries_are_proposed() {
+    let s = Server::start().await;
+    s.fake
+        .refusals_from_reads
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut c = s.client().await;
+    open_sale(&s, &mut c, 1).await;
+    c.reserve(reserve_req("alice", 1, "a1")).await.unwrap();
+    let proposals = || s.fake.proposals.lock().unwrap().len();
+    let first = |user: &str, req: &str| pb::ReserveRequest {
+        first_attempt: true,
+        ..reserve_req(user, 1, req)
+    };
+
+    let before = proposals();
+    let e = c.reserve(first("bob", "b1")).await.unwrap_err();
+    assert_eq!(code_of(&e), "sold_out");
+    assert_eq!(
+        proposals(),
+        before,
+        "unary first attempt: refused from a read"
+    );
+    let e = c.reserve(reserve_req("bob", 1, "b1")).await.unwrap_err();
+    assert_eq!(code_of(&e), "sold_out");
+    assert_eq!(proposals(), before + 1, "unary retry: proposed");
+
+    let before = proposals();
+    let reqs = vec![first("carol", "c1"), reserve_req("dave", 1, "d1")];
+    let mut inbound = c
+        .reserve_stream(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut codes = BTreeMap::new();
+    while let Some(item) = inbound.next().await {
+        let item = item.unwrap();
+        if let Some(pb::reserve_stream_response::Result::Error(e)) = item.result {
+            codes.insert(item.request_id, e.code);
+        }
+    }
+    assert_eq!(codes.get("c1").map(String::as_str), Some("sold_out"));
+    assert_eq!(codes.get("d1").map(String::as_str), Some("sold_out"));
+    assert_eq!(
+        proposals(),
+        before + 1,
+        "stream: only the retry was proposed"
+    );
 }
 
 #[tokio::test]

@@ -919,18 +919,20 @@ async fn metrics_count_routes_reservations_and_rejections() {
     assert!(m.ends_with("# EOF\n"), "{m}");
 }
 
+/// A first attempt (`first_attempt: true`) at a sold-out sale is refused from a
+/// linearizable read, without a proposal.
 #[tokio::test]
-async fn a_sold_out_sale_refuses_reservations_without_a_log_entry() {
+async fn a_sold_out_sale_refuses_first_attempts_without_a_log_entry() {
     let h = Http::new();
     h.fake
         .refusals_from_reads
         .store(true, std::sync::atomic::Ordering::SeqCst);
     h.open_sale(1).await;
-    let first = h.reserve("alice", 1, "a1").await;
+    let first = h.reserve_first("alice", 1, "a1").await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
     let proposals = h.fake.proposals.lock().unwrap().len();
     for i in 0..5 {
-        let r = h.reserve(&format!("u{i}"), 1, &format!("x{i}")).await;
+        let r = h.reserve_first(&format!("u{i}"), 1, &format!("x{i}")).await;
         assert_eq!(r.status, StatusCode::CONFLICT);
         assert_eq!(r.code(), "sold_out");
         assert_eq!(r.header("x-stockade-served-by"), Some("7"));
@@ -953,15 +955,20 @@ async fn a_sold_out_sale_refuses_reservations_without_a_log_entry() {
     assert_eq!(h.fake.proposals.lock().unwrap().len(), proposals + 1);
 }
 
-/// By default a refusal goes through the log like any answer, so it is recorded: a retry
-/// of the refused request id gets the same refusal even after a unit has come back (a
-/// late first attempt of that id would too). With refusals from reads, the retry would be
-/// looked at afresh and get the unit.
+/// A retry (no `first_attempt`) is never refused from a read, even with refusals from
+/// reads on: it goes through the log, so its refusal is recorded and comes back to every
+/// later send of that request id even after a unit has returned (a late earlier send of
+/// the id, still in flight when the retry was refused, gets it too). Had the retry been
+/// refused from a read, the second send below would be looked at afresh and get the unit.
+/// With refusals from reads off, a marked first attempt goes through the log as well.
 #[tokio::test]
-async fn by_default_a_refusal_is_recorded_and_its_retry_gets_it_back() {
+async fn a_retry_goes_through_the_log_and_its_refusal_is_recorded() {
     let h = Http::new();
+    h.fake
+        .refusals_from_reads
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     h.open_sale(1).await;
-    let first = h.reserve("alice", 1, "a1").await;
+    let first = h.reserve_first("alice", 1, "a1").await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
     let before = h.fake.proposals.lock().unwrap().len();
     let refused = h.reserve("bob", 1, "b1").await;
@@ -969,7 +976,7 @@ async fn by_default_a_refusal_is_recorded_and_its_retry_gets_it_back() {
     assert_eq!(
         h.fake.proposals.lock().unwrap().len(),
         before + 1,
-        "the refusal went through the log"
+        "the retry's refusal went through the log"
     );
     let r = h
         .post(
@@ -985,6 +992,15 @@ async fn by_default_a_refusal_is_recorded_and_its_retry_gets_it_back() {
         "sold_out",
         "the recorded first answer comes back"
     );
-    let fresh = h.reserve("bob", 1, "b2").await;
+    let fresh = h.reserve_first("bob", 1, "b2").await;
     assert_eq!(fresh.status, StatusCode::CREATED, "{}", fresh.text);
+
+    // Turned off on the node: a marked first attempt is proposed too.
+    h.fake
+        .refusals_from_reads
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let before = h.fake.proposals.lock().unwrap().len();
+    let off = h.reserve_first("carol", 1, "c1").await;
+    assert_eq!(off.code(), "sold_out", "{}", off.text);
+    assert_eq!(h.fake.proposals.lock().unwrap().len(), before + 1);
 }

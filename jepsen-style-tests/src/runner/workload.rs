@@ -299,8 +299,10 @@ pub fn parse_status(s: &str) -> Option<OrderStatus> {
     })
 }
 
-/// The request a call makes: method POST (with body) or GET (body `None`), path.
-fn request_of(call: &Call) -> (String, Option<Value>) {
+/// The request a call makes: method POST (with body) or GET (body `None`), path. A
+/// reservation's `first` send says so (`first_attempt`: the node may refuse it from a
+/// read); its retries do not, so they go through the log and are recorded.
+fn request_of(call: &Call, first: bool) -> (String, Option<Value>) {
     match call {
         Call::Reserve {
             sale_id,
@@ -314,15 +316,13 @@ fn request_of(call: &Call) -> (String, Option<Value>) {
             qty,
             request_id,
         } => {
-            let tail = if matches!(call, Call::Reserve { .. }) {
-                "holds"
-            } else {
-                "waitlist"
-            };
-            (
-                format!("/v1/sales/{sale_id}/{tail}"),
-                Some(json!({"user_id": user_id, "qty": qty, "request_id": request_id})),
-            )
+            let reserve = matches!(call, Call::Reserve { .. });
+            let tail = if reserve { "holds" } else { "waitlist" };
+            let mut body = json!({"user_id": user_id, "qty": qty, "request_id": request_id});
+            if reserve && first {
+                body["first_attempt"] = Value::Bool(true);
+            }
+            (format!("/v1/sales/{sale_id}/{tail}"), Some(body))
         }
         Call::Release {
             user_id,
@@ -448,9 +448,9 @@ impl Worker {
     }
 
     /// Sends one call once and records it.
-    async fn once(&mut self, call: &Call) -> Option<Outcome> {
+    async fn once(&mut self, call: &Call, first: bool) -> Option<Outcome> {
         let (id, invoke_ns) = self.rec.begin()?;
-        let (path, body) = request_of(call);
+        let (path, body) = request_of(call, first);
         let node = self.node().to_string();
         let answer = match &body {
             Some(b) => self.client.post(&node, &path, b).await,
@@ -488,12 +488,12 @@ impl Worker {
 
     /// Sends a call, retrying an unknown outcome of a mutation with the same request id.
     async fn run_call(&mut self, call: Call) -> Option<Outcome> {
-        let mut out = self.once(&call).await?;
+        let mut out = self.once(&call, true).await?;
         let mut tries = 0;
         while out.is_info() && call.client_key().is_some() && tries < INFO_RETRIES_MAX {
             tries += 1;
             tokio::time::sleep(RETRY_BACKOFF).await;
-            out = self.once(&call).await?;
+            out = self.once(&call, false).await?;
         }
         Some(out)
     }

@@ -61,18 +61,29 @@ fn open_db(path: &Path, block_cache_bytes: usize) -> Result<rocksdb::DB, StoreEr
     db_opts.set_keep_log_file_num(4);
     let cache = rocksdb::Cache::new_lru_cache(block_cache_bytes);
     let cf = |name: &str, prefix_friendly: bool| {
-        let mut o = rocksdb::Options::default();
-        let mut t = rocksdb::BlockBasedOptions::default();
-        t.set_block_cache(&cache);
-        if prefix_friendly {
-            t.set_bloom_filter(10.0, false);
-        }
-        o.set_block_based_table_factory(&t);
-        o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        rocksdb::ColumnFamilyDescriptor::new(name, o)
+        rocksdb::ColumnFamilyDescriptor::new(name, cf_options(Some(&cache), prefix_friendly))
     };
     let cfs = vec![cf(CF_LOG, false), cf(CF_RAFT, false), cf(CF_SM, true)];
     Ok(rocksdb::DB::open_cf_descriptors(&db_opts, path, cfs)?)
+}
+
+/// A column family's table options; also what a snapshot install writes its SST file
+/// with (`sm.rs`), so ingested files are laid out like the ones compaction writes.
+pub(crate) fn cf_options(
+    cache: Option<&rocksdb::Cache>,
+    prefix_friendly: bool,
+) -> rocksdb::Options {
+    let mut o = rocksdb::Options::default();
+    let mut t = rocksdb::BlockBasedOptions::default();
+    if let Some(cache) = cache {
+        t.set_block_cache(cache);
+    }
+    if prefix_friendly {
+        t.set_bloom_filter(10.0, false);
+    }
+    o.set_block_based_table_factory(&t);
+    o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    o
 }
 
 pub(crate) fn cf<'a>(

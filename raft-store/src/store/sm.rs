@@ -10,7 +10,8 @@
 //! Snapshots: built from one RocksDB snapshot, so the data *and* the metadata
 //! (`last_applied`, membership) come from the same view even while apply goes on (the
 //! upstream example reads the metadata outside its view). Install checks the file, then
-//! replaces the whole column family in one synced `WriteBatch`.
+//! replaces the whole column family by ingesting one SST file written while streaming
+//! the snapshot (memory bounded by a record, not by the state; see `install_blocking`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -22,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use rocksdb::{WriteBatch, WriteOptions, DB};
+use rocksdb::{IngestExternalFileOptions, SstFileWriter, WriteBatch, WriteOptions, DB};
 
 use super::snapshot::{self, SnapshotReader, SnapshotWriter};
 use super::{cf, PointInTime, StateView, CF_SM};
@@ -189,6 +190,18 @@ impl StateMachineStore {
         Ok((meta, path))
     }
 
+    /// Replaces the whole state with the snapshot in `file`, in memory bounded by one
+    /// record (not by the state's size: a follower catching up on a million orders must
+    /// not hold them all at once, as an earlier version did with an in-memory map and one
+    /// `WriteBatch` of every record).
+    ///
+    /// One pass over the file checks every record (ascending keys, each sale conserves
+    /// its units, the bookkeeping agrees with `meta`, then count and checksum) while
+    /// writing it into an SST file that also carries a range tombstone over the whole key
+    /// space; RocksDB documents that such a tombstone does not delete the point keys of
+    /// its own file. Ingesting that one file swaps the state atomically: readers and a
+    /// crash see the old state or the new one, never a mix, and a file that fails any
+    /// check is deleted without touching the live state.
     fn install_blocking(&self, meta: &SnapshotMeta, file: File) -> Result<(), StoreError> {
         let (mut reader, file_meta) = SnapshotReader::open(file.try_clone()?)?;
         if file_meta != *meta {
@@ -197,33 +210,31 @@ impl StateMachineStore {
                 file_meta.last_log_id, meta.last_log_id
             )));
         }
-        // Read and verify everything before touching the live state.
-        let mut records = crate::kv::MemKv::new();
-        while let Some((k, v)) = reader.next_record()? {
-            records.insert(k, v);
-        }
-        check_sales(&records)?;
-        let (last, membership) = self.applied(&records)?;
+        let sst = self.snapshot_dir.join(INSTALL_SST);
+        let written = write_install_sst(&mut reader, &sst);
+        let (last, membership) = match written {
+            Ok(bookkeeping) => bookkeeping,
+            Err(e) => {
+                let _ = std::fs::remove_file(&sst);
+                return Err(e);
+            }
+        };
         if last != meta.last_log_id || membership != meta.last_membership {
+            let _ = std::fs::remove_file(&sst);
             return Err(StoreError::Snapshot(
                 "snapshot data disagrees with its meta".into(),
             ));
         }
-        let cf_sm = cf(&self.db, CF_SM)?;
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(cf_sm, &[0u8][..], keys::END);
-        for (k, v) in &records {
-            batch.put_cf(cf_sm, k, v);
-        }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
         // The installed state's deadlines may be anywhere: scan from the start again.
         self.deadline_floor.store(0, Ordering::Release);
         self.wait_floors
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        self.db.write_opt(batch, &wo)?;
+        let mut ingest = IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        self.db
+            .ingest_external_file_cf_opts(cf(&self.db, CF_SM)?, &ingest, vec![&sst])?;
         // Keep the installed snapshot as the current one (to serve to other followers).
         let already_here = snapshot::latest(&self.snapshot_dir)?.is_some_and(|p| {
             p.file_name()
@@ -254,18 +265,65 @@ impl StateMachineStore {
 }
 
 /// Conservation over every sale in a view (on open and on snapshot install).
+/// Every sale in the state conserves its units (checked when the store opens).
 fn check_sales(view: &impl KvRead) -> Result<(), StoreError> {
     let (lo, hi) = keys::tag_range(keys::SALE);
     for (k, v) in view.scan(&lo, &hi, usize::MAX)? {
-        let sale: SaleRecord = codec::decode(&k, &v)?;
-        if !sale.counters.conserves(sale.spec.quantity) {
-            return Err(StoreError::Invariant(format!(
-                "sale {}: {:?} does not add up to {}",
-                sale.spec.id, sale.counters, sale.spec.quantity
-            )));
-        }
+        check_sale(&k, &v)?;
     }
     Ok(())
+}
+
+fn check_sale(key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    let sale: SaleRecord = codec::decode(key, value)?;
+    if !sale.counters.conserves(sale.spec.quantity) {
+        return Err(StoreError::Invariant(format!(
+            "sale {}: {:?} does not add up to {}",
+            sale.spec.id, sale.counters, sale.spec.quantity
+        )));
+    }
+    Ok(())
+}
+
+/// Where an install stages its SST file (in the snapshot directory, on the same file
+/// system as the database so ingestion moves it instead of copying). One fixed name: a
+/// file left by a crash is overwritten by the next install.
+const INSTALL_SST: &str = "install.sst";
+
+/// Streams a snapshot's records into an SST file at `path` behind a tombstone over the
+/// whole state key space, checking each record on the way, and returns the snapshot's
+/// own `last_applied` and membership. Fails on keys out of order, a sale that does not
+/// conserve its units, or a bad count or checksum at the end.
+fn write_install_sst<R: io::Read>(
+    reader: &mut SnapshotReader<R>,
+    path: &std::path::Path,
+) -> Result<(Option<LogId>, StoredMembership), StoreError> {
+    let opts = super::cf_options(None, true);
+    let mut w = SstFileWriter::create(&opts);
+    w.open(path)?;
+    w.delete_range(&[0u8][..], keys::END)?;
+    let (sale_lo, sale_hi) = keys::tag_range(keys::SALE);
+    let mut last = None;
+    let mut membership = StoredMembership::default();
+    let mut prev: Option<Vec<u8>> = None;
+    while let Some((k, v)) = reader.next_record()? {
+        if prev.as_ref().is_some_and(|p| *p >= k) {
+            return Err(StoreError::Snapshot(
+                "snapshot keys are not in ascending order".into(),
+            ));
+        }
+        if k.as_slice() >= sale_lo.as_slice() && k.as_slice() < sale_hi.as_slice() {
+            check_sale(&k, &v)?;
+        } else if k == keys::META_LAST_APPLIED {
+            last = Some(codec::decode(keys::META_LAST_APPLIED, &v)?);
+        } else if k == keys::META_MEMBERSHIP {
+            membership = codec::decode(keys::META_MEMBERSHIP, &v)?;
+        }
+        w.put(&k, &v)?;
+        prev = Some(k);
+    }
+    w.finish()?;
+    Ok((last, membership))
 }
 
 /// xxh3 over length-prefixed pairs (so `("ab","c")` and `("a","bc")` differ).

@@ -217,6 +217,85 @@ async fn restart_resumes_from_applied_state_without_replay() {
     assert_eq!(sm.state_hash().unwrap(), hash);
 }
 
+/// Install replaces the whole state: keys the snapshot lacks are gone (the ingested
+/// file's range tombstone), every key it has is there (the tombstone spares its own file's
+/// keys), and the result survives a restart (the ingestion is durable on its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_over_a_larger_state_leaves_exactly_the_snapshot_and_survives_restart() {
+    let (da, db) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let (_la, mut a) = open(&StoreOptions::new(da.path())).unwrap();
+    let log = workload(200);
+    let last = log.len() as u64;
+    apply_all(&mut a, entries(1, &log)).await;
+    let snap = a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let expected = a.dump().unwrap();
+    {
+        let (_lb, mut b) = open(&StoreOptions::new(db.path())).unwrap();
+        // More entries than the snapshot: holds, orders and requests it does not have.
+        apply_all(&mut b, entries(1, &workload(900))).await;
+        let before = b.dump().unwrap();
+        let extra = before.iter().filter(|p| !expected.contains(p)).count();
+        assert!(
+            extra > 100,
+            "b must hold state the snapshot lacks ({extra} pairs)"
+        );
+        b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+        assert_eq!(b.dump().unwrap(), expected);
+    }
+    let (_lb, mut b) = open(&StoreOptions::new(db.path())).unwrap();
+    assert_eq!(b.dump().unwrap(), expected, "after a restart");
+    assert_eq!(
+        b.applied_state().await.unwrap().0,
+        Some(log_id(last)),
+        "the installed bookkeeping is what a restart resumes from"
+    );
+    let more = workload(300)[log.len()..].to_vec();
+    apply_all(&mut a, entries(last + 1, &more)).await;
+    apply_all(&mut b, entries(last + 1, &more)).await;
+    assert_eq!(a.state_hash().unwrap(), b.state_hash().unwrap());
+}
+
+/// A snapshot whose records are not in ascending key order (a writer bug or a forged
+/// file with a valid checksum) is refused before anything is installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_with_keys_out_of_order_is_refused_and_state_is_untouched() {
+    let (da, db, dw) = (
+        TempDir::new().unwrap(),
+        TempDir::new().unwrap(),
+        TempDir::new().unwrap(),
+    );
+    let (_la, mut a) = open(&StoreOptions::new(da.path())).unwrap();
+    let (_lb, mut b) = open(&StoreOptions::new(db.path())).unwrap();
+    apply_all(&mut a, entries(1, &workload(100))).await;
+    apply_all(&mut b, entries(1, &workload(20))).await;
+    let before = b.dump().unwrap();
+    let meta = a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+        .meta;
+    let mut pairs = a.dump().unwrap();
+    pairs.swap(1, 2);
+    let mut w = SnapshotWriter::create(dw.path(), &meta).unwrap();
+    for (k, v) in &pairs {
+        w.record(k, v).unwrap();
+    }
+    let path = w.finish(dw.path(), &meta).unwrap();
+    let err = b
+        .install_snapshot(&meta, std::fs::File::open(path).unwrap())
+        .await
+        .expect_err("keys out of order must be refused");
+    assert!(err.to_string().contains("ascending"), "{err}");
+    assert_eq!(b.dump().unwrap(), before);
+}
+
 #[test]
 fn snapshot_file_keeps_its_bytes() {
     let dir = TempDir::new().unwrap();
