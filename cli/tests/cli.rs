@@ -153,21 +153,26 @@ fn sale_create_from_a_bad_file_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a sale spec"));
 }
 
+/// `stockctl restore FILE --data-dir TARGET` (one node on the default ports).
+fn restore(file: &std::path::Path, target: &std::path::Path) -> std::process::Output {
+    stockctl(
+        "http://127.0.0.1:1",
+        &[
+            "restore",
+            file.to_str().expect("utf-8"),
+            "--data-dir",
+            target.to_str().expect("utf-8"),
+        ],
+    )
+}
+
 #[test]
 fn restore_refuses_a_file_that_is_not_a_backup() {
     let dir = tempfile::tempdir().expect("tmp");
     let f = dir.path().join("junk.snap");
     std::fs::write(&f, b"definitely not a snapshot").expect("write");
     let target = dir.path().join("data");
-    let out = stockctl(
-        "http://127.0.0.1:1",
-        &[
-            "restore",
-            f.to_str().expect("utf-8"),
-            "--data-dir",
-            target.to_str().expect("utf-8"),
-        ],
-    );
+    let out = restore(&f, &target);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a Stockade snapshot"), "{err}");
@@ -196,19 +201,7 @@ fn restore_refuses_a_corrupt_backup_and_leaves_no_staging_behind() {
     bytes[mid] ^= 0x01;
     std::fs::write(&f, &bytes).expect("write");
     let target = dir.path().join("data");
-    let out = stockctl(
-        "http://127.0.0.1:1",
-        &[
-            "restore",
-            f.to_str().expect("utf-8"),
-            "--data-dir",
-            target.to_str().expect("utf-8"),
-            "--node-id",
-            "1",
-            "--peers",
-            "1=127.0.0.1:50051/127.0.0.1:8080",
-        ],
-    );
+    let out = restore(&f, &target);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("checksum"), "{err}");

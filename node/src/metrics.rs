@@ -164,5 +164,42 @@ pub fn render(c: &NodeCluster) -> String {
         "WAL fsyncs for log appends.",
         c.log.wal_syncs(),
     );
+    let mem = c.sm.db_memory();
+    for (name, help, v) in [
+        (
+            "stockade_rocksdb_memtable_bytes",
+            "RocksDB memtables of every column family, bytes.",
+            mem.memtables,
+        ),
+        (
+            "stockade_rocksdb_block_cache_bytes",
+            "RocksDB block cache in use, bytes (bounded by its capacity, 128 MiB).",
+            mem.block_cache,
+        ),
+        (
+            "stockade_rocksdb_table_readers_bytes",
+            "RocksDB index and filter blocks held outside the block cache, bytes.",
+            mem.table_readers,
+        ),
+        (
+            "stockade_process_resident_bytes",
+            "Resident memory of this process, bytes (Linux /proc/self/status; 0 elsewhere).",
+            resident_bytes(),
+        ),
+    ] {
+        gauge(&mut out, name, help, &one(v));
+    }
     out
+}
+
+/// `VmRSS` of this process in bytes, or 0 where `/proc` is missing.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
 }

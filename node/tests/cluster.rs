@@ -707,5 +707,17 @@ async fn replication_flows_on_streams_and_every_replica_agrees() {
         received <= sent,
         "followers received {received} AppendEntries, the leader sent {sent}"
     );
+    // Where a node's memory is, on /metrics: the crowd's writes are in the memtables.
+    let text = stockade_api::Cluster::metrics_text(&*l.cluster);
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    };
+    assert!(value("stockade_rocksdb_memtable_bytes") > 0);
+    assert!(value("stockade_process_resident_bytes") > 0);
+    let _ = value("stockade_rocksdb_block_cache_bytes");
+    let _ = value("stockade_rocksdb_table_readers_bytes");
     c.shutdown().await;
 }

@@ -93,6 +93,11 @@ impl StateMachineStore {
         Ok(hash_pairs(&self.dump()?))
     }
 
+    /// RocksDB's memory now (memtables, block cache, table readers).
+    pub fn db_memory(&self) -> super::DbMemory {
+        super::db_memory(&self.db)
+    }
+
     pub fn snapshot_dir(&self) -> &std::path::Path {
         &self.snapshot_dir
     }
@@ -179,6 +184,9 @@ impl StateMachineStore {
         let mut writer = SnapshotWriter::create(&self.snapshot_dir, &meta)?;
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_snapshot(&pit.snap);
+        // One pass over every block: keep it out of the block cache, where it would only
+        // evict the blocks apply and reads are using (and grow the process by the cache).
+        ro.fill_cache(false);
         for item in self
             .db
             .iterator_cf_opt(cf(&self.db, CF_SM)?, ro, rocksdb::IteratorMode::Start)

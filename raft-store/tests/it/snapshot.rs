@@ -171,11 +171,23 @@ async fn snapshot_taken_while_apply_runs_is_a_consistent_prefix() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupt_snapshot_is_refused_and_state_is_untouched() {
+/// Two stores with different states and a snapshot of the first, for the tests that
+/// hand the second a bad snapshot: `before` is the second's state, which must survive.
+/// Bind `_dirs` and `_logs` by name: with `..` they are dropped (the directories removed)
+/// at the end of the `let`.
+struct Refusal {
+    _dirs: (TempDir, TempDir),
+    _logs: (stockade_raft_store::LogStore, stockade_raft_store::LogStore),
+    a: StateMachineStore,
+    b: StateMachineStore,
+    before: Vec<(Vec<u8>, Vec<u8>)>,
+    snap: openraft::alias::SnapshotOf<TypeConfig, std::fs::File>,
+}
+
+async fn refusal_setup() -> Refusal {
     let (da, db) = (TempDir::new().unwrap(), TempDir::new().unwrap());
-    let (_la, mut a) = open(&StoreOptions::new(da.path())).unwrap();
-    let (_lb, mut b) = open(&StoreOptions::new(db.path())).unwrap();
+    let (la, mut a) = open(&StoreOptions::new(da.path())).unwrap();
+    let (lb, mut b) = open(&StoreOptions::new(db.path())).unwrap();
     apply_all(&mut a, entries(1, &workload(100))).await;
     apply_all(&mut b, entries(1, &workload(20))).await;
     let before = b.dump().unwrap();
@@ -185,6 +197,26 @@ async fn corrupt_snapshot_is_refused_and_state_is_untouched() {
         .build_snapshot()
         .await
         .unwrap();
+    Refusal {
+        _dirs: (da, db),
+        _logs: (la, lb),
+        a,
+        b,
+        before,
+        snap,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_snapshot_is_refused_and_state_is_untouched() {
+    let Refusal {
+        a: _,
+        mut b,
+        before,
+        snap,
+        _dirs,
+        _logs,
+    } = refusal_setup().await;
 
     let mut bytes = Vec::new();
     let mut f = snap.snapshot;
@@ -264,23 +296,16 @@ async fn install_over_a_larger_state_leaves_exactly_the_snapshot_and_survives_re
 /// file with a valid checksum) is refused before anything is installed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_with_keys_out_of_order_is_refused_and_state_is_untouched() {
-    let (da, db, dw) = (
-        TempDir::new().unwrap(),
-        TempDir::new().unwrap(),
-        TempDir::new().unwrap(),
-    );
-    let (_la, mut a) = open(&StoreOptions::new(da.path())).unwrap();
-    let (_lb, mut b) = open(&StoreOptions::new(db.path())).unwrap();
-    apply_all(&mut a, entries(1, &workload(100))).await;
-    apply_all(&mut b, entries(1, &workload(20))).await;
-    let before = b.dump().unwrap();
-    let meta = a
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap()
-        .meta;
+    let Refusal {
+        a,
+        mut b,
+        before,
+        snap,
+        _dirs,
+        _logs,
+    } = refusal_setup().await;
+    let meta = snap.meta;
+    let dw = TempDir::new().unwrap();
     let mut pairs = a.dump().unwrap();
     pairs.swap(1, 2);
     let mut w = SnapshotWriter::create(dw.path(), &meta).unwrap();
