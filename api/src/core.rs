@@ -88,9 +88,10 @@ pub(crate) async fn propose_as<C: Cluster>(
 /// A reserve is refused here only when a *linearizable* view (the leader's read index, no
 /// write) shows that no one could get `qty` units now (`sale_not_found`, `sale_ended`,
 /// `sold_out`, `insufficient_stock`; see `query::reserve_precheck`), so the refusal is a
-/// correct answer linearized at that read. The local (stale) view is looked at first, so
-/// while units remain a reservation costs no extra round. A refusal decided here is not
-/// recorded: nothing happened, and the request id stays unused.
+/// correct answer linearized at that read. A request id that already has a recorded
+/// answer is never decided here: that answer must come back. The local (stale) view is
+/// looked at first, so while units remain a reservation costs no extra round. A refusal
+/// decided here is not recorded: nothing happened, and the request id stays unused.
 ///
 /// **Only for a first attempt** ([`Attempt::First`], the client's `first_attempt` flag).
 /// A retry may have an earlier send still in flight: its forward to the leader timed out

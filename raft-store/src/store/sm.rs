@@ -272,8 +272,8 @@ impl StateMachineStore {
     }
 }
 
-/// Conservation over every sale in a view (on open and on snapshot install).
-/// Every sale in the state conserves its units (checked when the store opens).
+/// Every sale in the state conserves its units (checked when the store opens; an install
+/// checks each sale record as it streams, `write_install_sst`).
 fn check_sales(view: &impl KvRead) -> Result<(), StoreError> {
     let (lo, hi) = keys::tag_range(keys::SALE);
     for (k, v) in view.scan(&lo, &hi, usize::MAX)? {
