@@ -59,6 +59,7 @@ pub(crate) async fn propose_as<C: Cluster>(
     if attempt == Attempt::First && cluster.refusals_from_reads() {
         if let Some(rejected) = fast_reject(cluster, &cmd).await {
             metrics.rejected(rejected.0.code());
+            metrics.refused_from_read();
             return Err(ApiError::Rejected {
                 reject: rejected.0,
                 served_by: Some(rejected.1),

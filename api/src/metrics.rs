@@ -41,6 +41,7 @@ pub struct Metrics {
     holds_granted: Counter,
     units_reserved: Counter,
     rejections: Family<CodeLabels, Counter>,
+    refusals_from_reads: Counter,
 }
 
 impl Default for Metrics {
@@ -57,6 +58,7 @@ impl Metrics {
         let holds_granted = Counter::default();
         let units_reserved = Counter::default();
         let rejections = Family::<CodeLabels, Counter>::default();
+        let refusals_from_reads = Counter::default();
         registry.register(
             "requests",
             "Requests by route, method and status",
@@ -82,6 +84,12 @@ impl Metrics {
             "Business rejections by code",
             rejections.clone(),
         );
+        registry.register(
+            "refusals_from_reads",
+            "Rejections of first-attempt reservations decided from a linearizable read, \
+             without a log entry (also counted in rejections)",
+            refusals_from_reads.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -89,6 +97,7 @@ impl Metrics {
             holds_granted,
             units_reserved,
             rejections,
+            refusals_from_reads,
         }
     }
 
@@ -113,6 +122,11 @@ impl Metrics {
     pub fn reserved(&self, qty: u32) {
         self.holds_granted.inc();
         self.units_reserved.inc_by(u64::from(qty));
+    }
+
+    /// A rejection decided from a read (counted by code in `rejected` too).
+    pub fn refused_from_read(&self) {
+        self.refusals_from_reads.inc();
     }
 
     pub fn rejected(&self, code: &str) {

@@ -942,6 +942,12 @@ async fn a_sold_out_sale_refuses_first_attempts_without_a_log_entry() {
         proposals,
         "refused from a linearizable read, without a proposal"
     );
+    let m = h.get("/metrics").await.text;
+    assert!(
+        m.lines()
+            .any(|l| l == "stockade_api_refusals_from_reads_total 5"),
+        "{m}"
+    );
     assert!(h
         .fake
         .reads
@@ -994,6 +1000,12 @@ async fn a_retry_goes_through_the_log_and_its_refusal_is_recorded() {
     );
     let fresh = h.reserve_first("bob", 1, "b2").await;
     assert_eq!(fresh.status, StatusCode::CREATED, "{}", fresh.text);
+    let m = h.get("/metrics").await.text;
+    assert!(
+        m.lines()
+            .any(|l| l == "stockade_api_refusals_from_reads_total 0"),
+        "a retry's refusal is not counted as one from a read: {m}"
+    );
 
     // Turned off on the node: a marked first attempt is proposed too.
     h.fake
