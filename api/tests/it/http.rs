@@ -919,10 +919,9 @@ async fn metrics_count_routes_reservations_and_rejections() {
     assert!(m.ends_with("# EOF\n"), "{m}");
 }
 
-/// A first attempt (`first_attempt: true`) at a sold-out sale is refused from a
-/// linearizable read, without a proposal.
-#[tokio::test]
-async fn a_sold_out_sale_refuses_first_attempts_without_a_log_entry() {
+/// A node with refusals from reads on and a one-unit sale that alice's first attempt
+/// (`a1`, answered here) has sold out.
+async fn sold_out_with_refusals_from_reads() -> (Http, Reply) {
     let h = Http::new();
     h.fake
         .refusals_from_reads
@@ -930,6 +929,14 @@ async fn a_sold_out_sale_refuses_first_attempts_without_a_log_entry() {
     h.open_sale(1).await;
     let first = h.reserve_first("alice", 1, "a1").await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    (h, first)
+}
+
+/// A first attempt (`first_attempt: true`) at a sold-out sale is refused from a
+/// linearizable read, without a proposal.
+#[tokio::test]
+async fn a_sold_out_sale_refuses_first_attempts_without_a_log_entry() {
+    let (h, first) = sold_out_with_refusals_from_reads().await;
     let proposals = h.fake.proposals.lock().unwrap().len();
     for i in 0..5 {
         let r = h.reserve_first(&format!("u{i}"), 1, &format!("x{i}")).await;
@@ -969,13 +976,7 @@ async fn a_sold_out_sale_refuses_first_attempts_without_a_log_entry() {
 /// With refusals from reads off, a marked first attempt goes through the log as well.
 #[tokio::test]
 async fn a_retry_goes_through_the_log_and_its_refusal_is_recorded() {
-    let h = Http::new();
-    h.fake
-        .refusals_from_reads
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    h.open_sale(1).await;
-    let first = h.reserve_first("alice", 1, "a1").await;
-    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    let (h, _) = sold_out_with_refusals_from_reads().await;
     let before = h.fake.proposals.lock().unwrap().len();
     let refused = h.reserve("bob", 1, "b1").await;
     assert_eq!(refused.code(), "sold_out", "{}", refused.text);

@@ -99,23 +99,50 @@ pub fn check(history: &History, final_state: Option<&FinalState>) -> CheckResult
         res.unknown("no node states were read");
         return res;
     }
-    let mut hashes: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    // A state hash (and a node's counters) can only be compared with another node's read
+    // at the same applied index: a replica that applied one more entry (a tick after the
+    // quiet period, say) differs without having diverged.
+    let mut by_index: BTreeMap<Option<u64>, BTreeMap<&str, Vec<&str>>> = BTreeMap::new();
     for n in &fs.nodes {
         match &n.state_hash {
-            Some(h) => hashes.entry(h).or_default().push(&n.node),
+            Some(h) => by_index
+                .entry(n.applied_index)
+                .or_default()
+                .entry(h)
+                .or_default()
+                .push(&n.node),
             None => res.unknown(format!("node {} reported no state hash", n.node)),
         }
     }
-    if hashes.len() > 1 {
-        res.anomaly(Anomaly::new(
-            "diverged",
-            None,
-            vec![],
-            format!("replicas disagree on the state hash: {hashes:?}"),
+    for (index, hashes) in &by_index {
+        if hashes.len() > 1 {
+            res.anomaly(Anomaly::new(
+                "diverged",
+                None,
+                vec![],
+                format!(
+                    "replicas disagree on the state hash at applied index {index:?}: {hashes:?}"
+                ),
+            ));
+        }
+    }
+    if by_index.len() > 1 {
+        let at: Vec<(&str, Option<u64>)> = fs
+            .nodes
+            .iter()
+            .map(|n| (n.node.as_str(), n.applied_index))
+            .collect();
+        res.unknown(format!(
+            "node states were read at different applied indexes, not all comparable: {at:?}"
         ));
     }
     if let Some(first) = fs.nodes.first() {
-        for n in fs.nodes.iter().skip(1) {
+        let same_index = fs
+            .nodes
+            .iter()
+            .skip(1)
+            .filter(|n| n.applied_index == first.applied_index);
+        for n in same_index {
             for (sale_id, s) in &first.sales {
                 let other = n.sales.get(sale_id);
                 if other != Some(s) {

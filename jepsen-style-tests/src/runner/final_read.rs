@@ -40,6 +40,9 @@ const READ_RETRY: Duration = Duration::from_millis(200);
 const QUIET_POLLS: u32 = 3;
 /// Period of the quiet polls.
 const QUIET_POLL: Duration = Duration::from_millis(200);
+/// Reads of every node's state before the replicas are compared at whatever indexes the
+/// last read found (see `read_final`).
+const NODE_READ_ATTEMPTS_MAX: u32 = 10;
 
 async fn statuses(c: &Client, nodes: &[String]) -> Vec<Option<Status>> {
     let mut out = Vec::with_capacity(nodes.len());
@@ -220,6 +223,50 @@ pub async fn read_final(
     fs.holds.sort_by_key(|h| h.hold_id);
     fs.orders.sort_by_key(|o| o.order_id);
 
+    // Replicas are compared at one applied index: the leader may append an entry (a
+    // tick) while the nodes are read one after another, so the whole read is repeated
+    // until every node was read at the same index (the checker compares only those).
+    let mut all_hashes = false;
+    for attempt in 1..=NODE_READ_ATTEMPTS_MAX {
+        let (states, hashes) = read_nodes(c, nodes, sales).await?;
+        let first = states.first().and_then(|n| n.applied_index);
+        let one_index = first.is_some() && states.iter().all(|n| n.applied_index == first);
+        fs.nodes = states;
+        all_hashes = hashes;
+        if one_index || attempt == NODE_READ_ATTEMPTS_MAX {
+            break;
+        }
+        tokio::time::sleep(QUIET_POLL).await;
+    }
+    fs.gaps = if all_hashes {
+        vec![]
+    } else {
+        vec![Gap::StateHash]
+    };
+    // Records name their request and carry their end times; a record read without them
+    // (an older node) leaves that part of the checks unknown.
+    if fs
+        .holds
+        .iter()
+        .any(|h| !h.from_waitlist && h.request_id.is_none())
+    {
+        fs.gaps.push(Gap::HoldRequestIds);
+    }
+    if fs.orders.iter().any(|o| o.request_id.is_none()) {
+        fs.gaps.push(Gap::OrderRequestIds);
+    }
+    Ok(fs)
+}
+
+/// Every node's state hash (read at the applied index its status gives, else none) and
+/// its counters of each sale, with that index (none if the node applied more while it was
+/// read); whether every node gave a hash at its index.
+async fn read_nodes(
+    c: &Client,
+    nodes: &BTreeMap<u64, String>,
+    sales: &[SaleMeta],
+) -> Result<(Vec<NodeState>, bool), String> {
+    let mut out = Vec::new();
     let mut all_hashes = true;
     for (&nid, addr) in nodes {
         let st = c
@@ -256,26 +303,20 @@ pub async fn read_final(
             let sc = sale_counters(&v).ok_or_else(|| format!("unreadable sale {v}"))?;
             ns.sales.insert(s.sale_id.clone(), sc);
         }
-        fs.nodes.push(ns);
+        // Counters read after the node applied more are not at the hash's index: such a
+        // node's read is not comparable (the caller reads again).
+        let moved = c
+            .status(addr)
+            .await
+            .is_none_or(|again| again.applied_index != st.applied_index);
+        if moved {
+            ns.applied_index = None;
+            ns.state_hash = None;
+            all_hashes = false;
+        }
+        out.push(ns);
     }
-    fs.gaps = if all_hashes {
-        vec![]
-    } else {
-        vec![Gap::StateHash]
-    };
-    // Records name their request and carry their end times; a record read without them
-    // (an older node) leaves that part of the checks unknown.
-    if fs
-        .holds
-        .iter()
-        .any(|h| !h.from_waitlist && h.request_id.is_none())
-    {
-        fs.gaps.push(Gap::HoldRequestIds);
-    }
-    if fs.orders.iter().any(|o| o.request_id.is_none()) {
-        fs.gaps.push(Gap::OrderRequestIds);
-    }
-    Ok(fs)
+    Ok((out, all_hashes))
 }
 
 /// Every record of a paged listing (`field` is the array's name), in id order.

@@ -223,6 +223,23 @@ fn diverging_replicas_are_rejected() {
     assert_anomaly(&r, "counters_diverged");
 }
 
+/// Replicas read at different applied indexes (one applied a tick more) are not
+/// comparable: that is not a divergence, and the check cannot say Valid either. At one
+/// index a different hash is still a divergence.
+#[test]
+fn replicas_read_at_different_indexes_are_not_compared() {
+    let h = good().build();
+    let mut fs = good_final();
+    fs.nodes[0].applied_index = Some(41);
+    fs.nodes[0].state_hash = Some("def".into());
+    fs.nodes[0].sales.insert(SALE.into(), counters(1, 0, 0, 1));
+    let r = convergence::check(&h, Some(&fs));
+    assert_eq!(r.verdict, Verdict::Unknown, "{r}");
+
+    fs.nodes[2].state_hash = Some("xyz".into());
+    assert_anomaly(&convergence::check(&h, Some(&fs)), "diverged");
+}
+
 #[test]
 fn counters_that_disagree_with_the_records_are_rejected() {
     let h = good().build();
