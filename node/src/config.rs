@@ -75,8 +75,15 @@ pub struct Args {
     /// Proposals queued on the leader before requests get 429.
     #[arg(long, env = "STOCKADE_PROPOSE_QUEUE_MAX", default_value_t = 16_384)]
     pub propose_queue_max: usize,
-    /// Log entries proposed and not yet answered.
-    #[arg(long, env = "STOCKADE_INFLIGHT_ENTRIES_MAX", default_value_t = 64)]
+    /// Log entries proposed and not yet answered. Proposals that arrive while every slot
+    /// is busy wait and share the next entry, so fewer slots mean fewer, larger entries
+    /// (each entry costs an append and an apply call on every node and a replication
+    /// message to each follower). 8 rather than 64 since 2026-11-21: with the seeds'
+    /// reserve, checkout and pay at 256 clients it cut log entries 5x and lowered node
+    /// CPU per request and p99 in every measured pair (docs/benchmarks.md, "Fifth
+    /// session"); 8 entries of up to `--batch-max` commands still keep replication
+    /// pipelined.
+    #[arg(long, env = "STOCKADE_INFLIGHT_ENTRIES_MAX", default_value_t = 8)]
     pub inflight_entries_max: usize,
     /// Proposals a follower sends the leader in one forward RPC (1 = one RPC each).
     #[arg(long, env = "STOCKADE_FORWARD_BATCH_MAX", default_value_t = crate::coalesce::FORWARD_BATCH_MAX)]
