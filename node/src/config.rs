@@ -332,6 +332,7 @@ mod tests {
         bad(&["--batch-max", "0"], "--batch-max");
         bad(&["--forward-batch-max", "0"], "--forward-batch-max");
         bad(&["--forward-batch-max", "5000"], "--forward-batch-max");
+        bad(&["--inflight-entries-max", "0"], "--inflight-entries-max");
         bad(
             &["--election-min-ms", "50", "--heartbeat-ms", "100"],
             "Raft timing",
