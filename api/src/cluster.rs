@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 
 use stockade_raft_store::kv::KvRead;
-use stockade_raft_store::{Command, NodeAddr, Response};
+use stockade_raft_store::{query, Command, NodeAddr, Reject, Response};
 
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -123,6 +123,15 @@ pub trait Cluster: Send + Sync + 'static {
     /// for what that gives up). Off unless the node enables it.
     fn refusals_from_reads(&self) -> bool {
         false
+    }
+
+    /// `Some(reject)` when no one could reserve `qty` units of `sale_id` now, judged on
+    /// `view` or on applied state at least as new (`query::reserve_precheck`); `None`
+    /// also when the state cannot be read. This default reads the view; the node answers
+    /// from the gates its state machine keeps in memory after every apply.
+    fn reserve_precheck(&self, view: &Self::View, sale_id: &str, qty: u32) -> Option<Reject> {
+        let clock = query::clock_ms(view).ok()?;
+        query::reserve_precheck(view, sale_id, qty, clock).ok()?
     }
 
     /// Proposes a command (already validated with

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use stockade_raft_store::kv::KvRead;
-use stockade_raft_store::{keys, query, validate, Command, Reject, Response};
+use stockade_raft_store::{keys, validate, Command, Reject, Response};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::cluster::{Cluster, ReadLevel, Served};
@@ -90,9 +90,12 @@ pub(crate) async fn propose_as<C: Cluster>(
 /// write) shows that no one could get `qty` units now (`sale_not_found`, `sale_ended`,
 /// `sold_out`, `insufficient_stock`; see `query::reserve_precheck`), so the refusal is a
 /// correct answer linearized at that read. A request id that already has a recorded
-/// answer is never decided here: that answer must come back. The local (stale) view is
-/// looked at first, so while units remain a reservation costs no extra round. A refusal
-/// decided here is not recorded: nothing happened, and the request id stays unused.
+/// answer is never decided here: that answer must come back (checked on the fresh view
+/// only; the stale look below is just a filter). The local (stale) view is looked at
+/// first, so while units remain a reservation costs no extra round. A refusal decided
+/// here is not recorded: nothing happened, and the request id stays unused. The sale's
+/// side of the check goes through [`Cluster::reserve_precheck`], which the node answers
+/// from memory (no record read, no decode per refusal).
 ///
 /// **Only for a first attempt** ([`Attempt::First`], the client's `first_attempt` flag).
 /// A retry may have an earlier send still in flight: its forward to the leader timed out
@@ -115,18 +118,21 @@ async fn fast_reject<C: Cluster>(cluster: &C, cmd: &Command) -> Option<(Reject, 
     else {
         return None;
     };
-    let refusal = |view: &C::View| -> Option<Reject> {
-        let answered = view.get(&keys::idem(user_id, request_id)).ok()?.is_some();
-        if answered {
-            return None;
-        }
-        let clock = query::clock_ms(view).ok()?;
-        query::reserve_precheck(view, sale_id, *qty, clock).ok()?
-    };
+    // The local (possibly stale) state first: while units remain, no read round.
     let stale = cluster.read(ReadLevel::Stale).await.ok()?;
-    refusal(&stale.value)?;
+    cluster.reserve_precheck(&stale.value, sale_id, *qty)?;
     let fresh = cluster.read(ReadLevel::Linearizable).await.ok()?;
-    refusal(&fresh.value).map(|r| (r, fresh.served_by))
+    let answered = fresh
+        .value
+        .get(&keys::idem(user_id, request_id))
+        .ok()?
+        .is_some();
+    if answered {
+        return None;
+    }
+    cluster
+        .reserve_precheck(&fresh.value, sale_id, *qty)
+        .map(|r| (r, fresh.served_by))
 }
 
 /// A view of the state at `level`.

@@ -23,7 +23,7 @@ use stockade_api::{
     Backup, Cluster, ClusterError, ClusterStatus, Member, ReadLevel, Readiness, Replication, Served,
 };
 use stockade_raft_store::store::StateView;
-use stockade_raft_store::{Command, LogStore, NodeAddr, Raft, Response, StateMachineStore};
+use stockade_raft_store::{Command, LogStore, NodeAddr, Raft, Reject, Response, StateMachineStore};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::coalesce::{ForwardBatcher, ReadIndexGate};
@@ -448,6 +448,12 @@ impl Cluster for NodeCluster {
 
     fn refusals_from_reads(&self) -> bool {
         self.cfg.refusals_from_reads
+    }
+
+    fn reserve_precheck(&self, _view: &StateView, sale_id: &str, qty: u32) -> Option<Reject> {
+        // The state machine's gates are as new as the last apply call, never older than
+        // the view (a live view of the same column family).
+        self.sm.reserve_precheck(sale_id, qty).ok()?
     }
 
     async fn propose(&self, cmd: Command) -> Result<Served<Response>, ClusterError> {

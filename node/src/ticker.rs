@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use stockade_raft_store::{query, Command, Response};
+use stockade_raft_store::{Command, Response};
 use tokio::sync::watch;
 
 use crate::cluster::NodeCluster;
@@ -33,7 +33,7 @@ async fn step(cluster: &NodeCluster) -> Duration {
     if !cluster.raft.is_leader() {
         return TICK_POLL_MAX;
     }
-    let next = match query::next_deadline_ms_from(&cluster.sm.view(), cluster.sm.deadline_floor()) {
+    let next = match cluster.sm.next_deadline_ms() {
         Ok(n) => n,
         Err(e) => {
             tracing::error!(error = %e, "reading the next deadline failed");

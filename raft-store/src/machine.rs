@@ -138,15 +138,18 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
     }
 
     /// Writes the clock and id counter, and checks conservation for every sale touched.
-    pub fn finish(self) -> Result<(), StoreError> {
+    /// Returns the reservation gate of every sale touched (the store keeps them for
+    /// refusals decided without reading a record).
+    pub fn finish(self) -> Result<Vec<(String, crate::query::SaleGate)>, StoreError> {
         self.txn
             .put("clock", keys::META_CLOCK.to_vec(), &self.clock_ms)?;
         self.txn
             .put("next_id", keys::META_NEXT_ID.to_vec(), &self.next_id)?;
-        for id in &self.touched {
+        let mut gates = Vec::with_capacity(self.touched.len());
+        for id in self.touched {
             let sale: SaleRecord = self
                 .txn
-                .get(&keys::sale(id))?
+                .get(&keys::sale(&id))?
                 .ok_or_else(|| StoreError::Invariant(format!("touched sale {id} vanished")))?;
             if !sale.counters.conserves(sale.spec.quantity) {
                 return Err(StoreError::Invariant(format!(
@@ -154,8 +157,9 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
                     sale.counters, sale.spec.quantity
                 )));
             }
+            gates.push((id, crate::query::SaleGate::of(&sale)));
         }
-        Ok(())
+        Ok(gates)
     }
 
     fn apply_command(&mut self, cmd: &Command, top_level: bool) -> Result<Response, StoreError> {

@@ -218,19 +218,45 @@ pub fn reserve_precheck(
     qty: u32,
     clock_ms: u64,
 ) -> Result<Option<Reject>, StoreError> {
-    let Some(rec) = get::<SaleRecord>(kv, &keys::sale(sale_id))? else {
-        return Ok(Some(Reject::SaleNotFound));
-    };
-    if rec.has_ended(clock_ms) {
-        return Ok(Some(Reject::SaleEnded));
-    }
-    if !rec.has_started(clock_ms) {
-        return Ok(None); // it may start by the time the entry is stamped
-    }
-    let reservable = rec.reservable();
-    Ok(match reservable {
-        0 => Some(Reject::SoldOut),
-        n if n < qty => Some(Reject::InsufficientStock { available: n }),
-        _ => None,
+    Ok(match get::<SaleRecord>(kv, &keys::sale(sale_id))? {
+        None => Some(Reject::SaleNotFound),
+        Some(rec) => SaleGate::of(&rec).precheck(qty, clock_ms),
     })
+}
+
+/// What [`reserve_precheck`] needs of a sale: small enough for the store to keep one per
+/// sale in memory after every apply, so refusing a sold-out crowd reads no record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SaleGate {
+    /// Units a direct reservation could get now (0 while anyone waits on the waitlist).
+    pub reservable: u32,
+    pub starts_at_ms: u64,
+    /// When the sale ends (or ended early).
+    pub ends_at_ms: u64,
+}
+
+impl SaleGate {
+    pub fn of(rec: &SaleRecord) -> Self {
+        SaleGate {
+            reservable: rec.reservable(),
+            starts_at_ms: rec.spec.starts_at_ms,
+            ends_at_ms: rec.ends_at_ms(),
+        }
+    }
+
+    /// `Some(reject)` when no one could reserve `qty` units at `clock_ms`; the same rules,
+    /// in the same order, as the state machine's reserve.
+    pub fn precheck(&self, qty: u32, clock_ms: u64) -> Option<Reject> {
+        if clock_ms >= self.ends_at_ms {
+            return Some(Reject::SaleEnded);
+        }
+        if clock_ms < self.starts_at_ms {
+            return None; // it may start by the time the entry is stamped
+        }
+        match self.reservable {
+            0 => Some(Reject::SoldOut),
+            n if n < qty => Some(Reject::InsufficientStock { available: n }),
+            _ => None,
+        }
+    }
 }

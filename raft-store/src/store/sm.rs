@@ -17,8 +17,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
@@ -31,7 +30,8 @@ use crate::error::StoreError;
 use crate::kv::Pair;
 use crate::kv::{KvRead, Txn, Writes};
 use crate::machine::Machine;
-use crate::types::{Response, SaleRecord};
+use crate::query::SaleGate;
+use crate::types::{Reject, Response, SaleRecord};
 use crate::{codec, keys, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, File>;
@@ -42,12 +42,27 @@ pub struct StateMachineStore {
     db: Arc<DB>,
     snapshot_dir: PathBuf,
     /// No live deadline in the committed state is earlier than this (milliseconds);
-    /// where deadline scans start (see `Machine::deadline_floor`). Kept in memory only:
-    /// 0 after a start or a snapshot install, which is always true, and the first
-    /// `Tick` raises it again.
-    deadline_floor: Arc<AtomicU64>,
+    /// where deadline scans start (see `Machine::deadline_floor` and [`DeadlineFloor`]).
+    /// Kept in memory only: 0 after a start or a snapshot install, which is always true.
+    deadline_floor: Arc<Mutex<DeadlineFloor>>,
     /// Per sale, the waitlist floor (`Machine::with_wait_floors`); only apply uses it.
     wait_floors: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// The applied clock and, per sale changed since the start, its reservation gate, as
+    /// of the last apply call (see [`StateMachineStore::reserve_precheck`]).
+    gates: Arc<RwLock<Gates>>,
+}
+
+/// Most sales whose gate the store keeps; past this it forgets them all and reads the
+/// records again until apply calls bring them back (sales are few; this only bounds it).
+pub const SALE_GATES_MAX: usize = 4_096;
+
+/// What [`StateMachineStore::reserve_precheck`] answers from without a read.
+#[derive(Debug, Default)]
+struct Gates {
+    /// The state machine's clock after the last apply call; `None` until the first one
+    /// (and after a snapshot install), when every precheck reads the state.
+    clock_ms: Option<u64>,
+    sales: BTreeMap<String, SaleGate>,
 }
 
 impl StateMachineStore {
@@ -59,6 +74,7 @@ impl StateMachineStore {
             snapshot_dir,
             deadline_floor: Arc::default(),
             wait_floors: Arc::default(),
+            gates: Arc::default(),
         };
         // The second half of the conservation pair: what was written is checked on load.
         check_sales(&sm.view())?;
@@ -74,7 +90,60 @@ impl StateMachineStore {
 
     /// A lower bound of every pending deadline (for the ticker's look at the next one).
     pub fn deadline_floor(&self) -> u64 {
-        self.deadline_floor.load(Ordering::Acquire)
+        self.floor().at_ms
+    }
+
+    /// [`query::reserve_precheck`](crate::query::reserve_precheck) on the state as of the
+    /// last apply call, with no read for a sale that an apply call since the start
+    /// touched: every write of a sale record goes through apply, which hands back the
+    /// gates of the sales it touched (`Machine::finish`) and stores them after its commit
+    /// and before openraft learns the entries are applied. So a caller that waited for
+    /// `applied >= index` (a linearizable read) sees gates at least that new, and a
+    /// sold-out crowd is refused without a RocksDB read or a decode of the sale.
+    pub fn reserve_precheck(&self, sale_id: &str, qty: u32) -> Result<Option<Reject>, StoreError> {
+        {
+            let g = self.gates.read().unwrap_or_else(|p| p.into_inner());
+            if let (Some(clock), Some(gate)) = (g.clock_ms, g.sales.get(sale_id)) {
+                return Ok(gate.precheck(qty, clock));
+            }
+        }
+        let view = self.view();
+        let clock = crate::query::clock_ms(&view)?;
+        crate::query::reserve_precheck(&view, sale_id, qty, clock)
+    }
+
+    fn store_gates(&self, clock_ms: u64, touched: Vec<(String, SaleGate)>) {
+        let mut g = self.gates.write().unwrap_or_else(|p| p.into_inner());
+        g.clock_ms = Some(clock_ms);
+        if g.sales.len() + touched.len() > SALE_GATES_MAX {
+            g.sales.clear();
+        }
+        g.sales.extend(touched);
+    }
+
+    fn forget_gates(&self) {
+        *self.gates.write().unwrap_or_else(|p| p.into_inner()) = Gates::default();
+    }
+
+    fn floor(&self) -> std::sync::MutexGuard<'_, DeadlineFloor> {
+        self.deadline_floor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The earliest live deadline (for the leader's ticker), scanning from the floor, and
+    /// the floor raised to it when no write to the state began or ran meanwhile (see
+    /// [`DeadlineFloor`]).
+    pub fn next_deadline_ms(&self) -> Result<Option<u64>, StoreError> {
+        let (from, seen) = {
+            let f = self.floor();
+            (f.at_ms, (!f.writing).then_some(f.writes))
+        };
+        let next = crate::query::next_deadline_ms_from(&self.view(), from)?;
+        if let (Some(seen), Some(at_ms)) = (seen, next) {
+            self.floor().raise(seen, at_ms);
+        }
+        Ok(next)
     }
 
     /// Moves the floors out for one apply call (put back after its commit; an apply that
@@ -123,9 +192,13 @@ impl StateMachineStore {
         let mut membership = None;
         let floor;
         let wait_floors;
+        let clock_ms;
+        let gates;
+        // No raise of the floor from a scan until this call's writes are in (or it failed).
+        let writing = FloorWrite::begin(&self.deadline_floor);
         {
             let mut machine = Machine::load(&mut txn)?
-                .with_deadline_floor(self.deadline_floor())
+                .with_deadline_floor(writing.at_ms())
                 .with_wait_floors(self.take_wait_floors());
             for entry in entries {
                 last_applied = Some(entry.log_id);
@@ -141,7 +214,8 @@ impl StateMachineStore {
             }
             floor = machine.deadline_floor();
             wait_floors = machine.take_wait_floors();
-            machine.finish()?;
+            clock_ms = machine.clock_ms();
+            gates = machine.finish()?;
         }
         if let Some(id) = &last_applied {
             txn.put("last applied", keys::META_LAST_APPLIED.to_vec(), id)?;
@@ -152,9 +226,11 @@ impl StateMachineStore {
         // Lowered before the commit (new deadlines become visible below the old floor),
         // raised after it (handled ones are gone): concurrent readers never skip a
         // live deadline.
-        self.deadline_floor.fetch_min(floor, Ordering::AcqRel);
+        writing.lower(floor);
         self.commit(txn.into_writes(), false)?;
-        self.deadline_floor.store(floor, Ordering::Release);
+        writing.set(floor);
+        drop(writing);
+        self.store_gates(clock_ms, gates);
         *self.wait_floors.lock().unwrap_or_else(|p| p.into_inner()) = wait_floors;
         Ok(responses)
     }
@@ -234,7 +310,9 @@ impl StateMachineStore {
             ));
         }
         // The installed state's deadlines may be anywhere: scan from the start again.
-        self.deadline_floor.store(0, Ordering::Release);
+        let writing = FloorWrite::begin(&self.deadline_floor);
+        writing.set(0);
+        self.forget_gates();
         self.wait_floors
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -243,6 +321,7 @@ impl StateMachineStore {
         ingest.set_move_files(true);
         self.db
             .ingest_external_file_cf_opts(cf(&self.db, CF_SM)?, &ingest, vec![&sst])?;
+        drop(writing);
         // Keep the installed snapshot as the current one (to serve to other followers).
         let already_here = snapshot::latest(&self.snapshot_dir)?.is_some_and(|p| {
             p.file_name()
@@ -346,6 +425,91 @@ pub fn hash_pairs(pairs: &[(Vec<u8>, Vec<u8>)]) -> u64 {
     h.digest()
 }
 
+/// Where deadline scans start, shared by apply, snapshot install and the ticker's scan.
+///
+/// `Tick` raises the floor to the first live deadline, but a tick runs only when a
+/// deadline is due. In between, every checkout, payment and release deletes a deadline
+/// ahead of the floor, and the leader's ticker, which looks for the next deadline every
+/// `TICK_POLL_MAX` (50 ms), stepped over all those RocksDB tombstones each time: in a
+/// sale with a 10-minute hold TTL, one scan per poll over every checkout so far (7.5% of
+/// the leader's CPU in a 40,000-user checkout-and-pay run, growing with the sale). So the
+/// ticker's scan raises the floor too, to the first live deadline it found, and later
+/// scans step only over what was deleted since.
+///
+/// That raise is safe only if the scan saw the whole committed state and nothing was
+/// committed after it: a deadline added meanwhile could lie below what the scan found.
+/// Every write to the state (an apply call, a snapshot install) therefore counts itself
+/// in `writes` when it begins and again when it ends, and sets `writing` for its
+/// duration (one runs at a time: openraft applies serially). A scan that began with no
+/// write running raises the floor only if `writes` is unchanged when it finishes; else it
+/// leaves the floor alone (always safe: a lower floor only costs a longer scan).
+#[derive(Debug, Default)]
+pub(crate) struct DeadlineFloor {
+    /// No live deadline in the committed state is earlier (milliseconds).
+    at_ms: u64,
+    /// Writes begun plus writes ended.
+    writes: u64,
+    /// A write is between its begin and its end.
+    writing: bool,
+}
+
+impl DeadlineFloor {
+    /// Raises the floor to `at_ms`, the first live deadline found by a scan that began
+    /// with no write running and `writes == seen`, if no write began since.
+    fn raise(&mut self, seen: u64, at_ms: u64) {
+        if !self.writing && self.writes == seen && at_ms > self.at_ms {
+            self.at_ms = at_ms;
+        }
+    }
+}
+
+/// One write to the state, from its begin to its end (drop, on success or failure).
+struct FloorWrite<'a> {
+    floor: &'a Mutex<DeadlineFloor>,
+    at_start_ms: u64,
+}
+
+impl<'a> FloorWrite<'a> {
+    fn begin(floor: &'a Mutex<DeadlineFloor>) -> Self {
+        let mut f = floor.lock().unwrap_or_else(|p| p.into_inner());
+        f.writes += 1;
+        f.writing = true;
+        FloorWrite {
+            floor,
+            at_start_ms: f.at_ms,
+        }
+    }
+
+    /// The floor when this write began.
+    fn at_ms(&self) -> u64 {
+        self.at_start_ms
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DeadlineFloor> {
+        self.floor.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lowers the floor before the commit: new deadlines become visible below the old
+    /// floor, so concurrent readers never skip a live one.
+    fn lower(&self, at_ms: u64) {
+        let mut f = self.lock();
+        f.at_ms = f.at_ms.min(at_ms);
+    }
+
+    /// Sets the floor after the commit (deadlines handled by it are gone).
+    fn set(&self, at_ms: u64) {
+        self.lock().at_ms = at_ms;
+    }
+}
+
+impl Drop for FloorWrite<'_> {
+    fn drop(&mut self) {
+        let mut f = self.lock();
+        f.writes += 1;
+        f.writing = false;
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, io::Error> {
@@ -418,5 +582,37 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let this = self.clone();
         blocking(move || this.current_blocking()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scan's raise counts only if no write to the state began since the scan read the
+    /// floor, and none was running then: a deadline committed meanwhile may lie below what
+    /// the scan found.
+    #[test]
+    fn a_scan_raises_the_floor_only_if_no_write_began_meanwhile() {
+        let floor = Mutex::new(DeadlineFloor::default());
+        let seen = floor.lock().unwrap().writes;
+        drop(FloorWrite::begin(&floor)); // an apply began and ended during the scan
+        floor.lock().unwrap().raise(seen, 500);
+        assert_eq!(floor.lock().unwrap().at_ms, 0, "raised over a write");
+
+        let seen = floor.lock().unwrap().writes;
+        let w = FloorWrite::begin(&floor); // still running
+        floor.lock().unwrap().raise(seen, 500);
+        assert_eq!(floor.lock().unwrap().at_ms, 0, "raised during a write");
+        w.lower(40);
+        w.set(300);
+        drop(w);
+        assert_eq!(floor.lock().unwrap().at_ms, 300);
+
+        let seen = floor.lock().unwrap().writes;
+        floor.lock().unwrap().raise(seen, 200);
+        assert_eq!(floor.lock().unwrap().at_ms, 300, "a raise never lowers");
+        floor.lock().unwrap().raise(seen, 500);
+        assert_eq!(floor.lock().unwrap().at_ms, 500);
     }
 }

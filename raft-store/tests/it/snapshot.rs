@@ -434,7 +434,25 @@ async fn deadline_floor_never_hides_a_live_deadline() {
 
     let dir = TempDir::new().unwrap();
     let (_log, mut sm) = open(&StoreOptions::new(dir.path())).unwrap();
+    // The leader's ticker looks for the next deadline (and may raise the floor) while
+    // apply runs: a raise that let a deadline added meanwhile fall below the floor would
+    // leave a hold unexpired here, and the states would differ.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scanner = {
+        let (sm, stop) = (sm.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut scans = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                sm.next_deadline_ms().expect("scan");
+                scans += 1;
+                tokio::task::yield_now().await;
+            }
+            scans
+        })
+    };
     apply_in_batches(&mut sm, &mem.log, &[1, 2, 5, 3, 8, 1, 13]).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(scanner.await.unwrap() > 0, "the scanner never ran");
     assert!(
         sm.deadline_floor() > 1_000,
         "the floor never rose: {}",
@@ -444,6 +462,163 @@ async fn deadline_floor_never_hides_a_live_deadline() {
         domain(sm.dump().unwrap()),
         mem.state.into_iter().collect::<Vec<_>>()
     );
+}
+
+/// The ticker's look for the next deadline raises the floor past deadlines deleted since
+/// the last tick (checkouts and releases delete theirs), so the next look does not step
+/// over their tombstones again; a tick still finds everything due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tickers_scan_raises_the_floor_past_deleted_deadlines() {
+    let mut s = spec(100);
+    s.hold_ttl_ms = 60_000;
+    s.per_user_limit = 1;
+    let mut mem = Mem::default();
+    mem.apply(0, Command::CreateSale(s));
+    let mut ids = Vec::new();
+    for i in 0..10u64 {
+        let g = held(&mem.apply(1_000 + i, reserve(&format!("u{i}"), 1, &format!("r{i}"))));
+        ids.push((g.hold_id, g.expires_at_ms));
+    }
+    for (i, (id, _)) in ids.iter().enumerate().take(7) {
+        let r = mem.apply(2_000, release(&format!("u{i}"), *id, &format!("x{i}")));
+        assert_eq!(code(&r), "ok", "{r:?}");
+    }
+    let first_live = ids[7].1;
+
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(&StoreOptions::new(dir.path())).unwrap();
+    apply_in_batches(&mut sm, &mem.log, &[100]).await;
+    assert!(
+        sm.deadline_floor() < first_live,
+        "no tick ran: the floor is still at or below the first deadline added ({})",
+        sm.deadline_floor()
+    );
+    assert_eq!(sm.next_deadline_ms().unwrap(), Some(first_live));
+    assert_eq!(
+        sm.deadline_floor(),
+        first_live,
+        "the scan did not raise the floor"
+    );
+
+    // With the raised floor, a tick still finds every due deadline: the three holds
+    // left and one granted after the raise all expire, exactly as in the replay.
+    let g = held(&mem.apply(3_000, reserve("late", 1, "late")));
+    assert!(g.expires_at_ms > first_live);
+    mem.apply(first_live - 1, Command::Tick);
+    let at = g.expires_at_ms + 1;
+    mem.apply(at, Command::Tick);
+    apply_all(
+        &mut sm,
+        entries(mem.log.len() as u64 - 2, &mem.log[mem.log.len() - 3..]),
+    )
+    .await;
+    assert_eq!(mem.sale().stats.holds_expired, 4);
+    assert_eq!(
+        domain(sm.dump().unwrap()),
+        mem.state.into_iter().collect::<Vec<_>>()
+    );
+}
+
+/// What the store's reservation gates say for every sale and quantity, beside what a
+/// read of its state says (`query::reserve_precheck`, the rule the API used to read).
+fn gates_and_reads(sm: &StateMachineStore) -> Vec<(Option<Reject>, Option<Reject>)> {
+    let view = sm.view();
+    let clock = stockade_raft_store::query::clock_ms(&view).unwrap();
+    let mut out = Vec::new();
+    for sale in [SALE, "no-such-sale"] {
+        for qty in 1..=3 {
+            let read = stockade_raft_store::query::reserve_precheck(&view, sale, qty, clock);
+            out.push((sm.reserve_precheck(sale, qty).unwrap(), read.unwrap()));
+        }
+    }
+    out
+}
+
+/// The in-memory reservation gates (refusals without a record read) answer exactly what
+/// a read of the state answers, after every apply batch of a sale that is not open yet,
+/// sells out, frees a unit, fills its waitlist and ends, and after a snapshot install
+/// replaces the state under gates that had seen another history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservation_gates_agree_with_the_state() {
+    let mut s = spec(5);
+    s.per_user_limit = 1;
+    let ends = s.ends_at_ms;
+    let mut mem = Mem::default();
+    mem.apply(0, Command::CreateSale(s)); // not started until 1_000
+    let mut holds = Vec::new();
+    for i in 0..5u64 {
+        holds.push(held(
+            &mem.apply(1_500 + i, reserve(&format!("u{i}"), 1, &format!("r{i}"))),
+        ));
+    }
+    mem.apply(1_600, release("u0", holds[0].hold_id, "x0")); // one unit free
+    mem.apply(1_700, reserve("u9", 1, "r9")); // sold out again
+    mem.apply(1_800, join("w1", 1, "j1"));
+    mem.apply(1_900, release("u1", holds[1].hold_id, "x1")); // handed to w1
+    mem.apply(ends + 1, Command::Tick); // ended
+
+    let dir = TempDir::new().unwrap();
+    let (_l, mut sm) = open(&StoreOptions::new(dir.path())).unwrap();
+    let mut seen = std::collections::BTreeMap::<String, u32>::new();
+    let mut next = 0;
+    for size in [1usize, 2, 1, 3].iter().cycle() {
+        if next >= mem.log.len() {
+            break;
+        }
+        let end = (next + size).min(mem.log.len());
+        apply_all(&mut sm, entries(next as u64 + 1, &mem.log[next..end])).await;
+        next = end;
+        for (gate, read) in gates_and_reads(&sm) {
+            assert_eq!(gate, read, "after entry {end}");
+            let what = gate.map_or("open".to_string(), |r| r.code().to_string());
+            *seen.entry(what).or_default() += 1;
+        }
+    }
+    for code in [
+        "open",
+        "sold_out",
+        "insufficient_stock",
+        "sale_ended",
+        "sale_not_found",
+    ] {
+        assert!(
+            seen.contains_key(code),
+            "the log never gave {code}: {seen:?}"
+        );
+    }
+
+    // Another store sells its units out (its gate says sold out), then installs the
+    // first store's snapshot (the sale ended there): the gates must follow the state.
+    let mut s = spec(1);
+    s.per_user_limit = 1;
+    let other = vec![
+        LogEntry {
+            at_ms: 0,
+            cmd: Command::CreateSale(s),
+        },
+        LogEntry {
+            at_ms: 1_500,
+            cmd: reserve("v", 1, "v1"),
+        },
+    ];
+    let dir_b = TempDir::new().unwrap();
+    let (_lb, mut b) = open(&StoreOptions::new(dir_b.path())).unwrap();
+    apply_all(&mut b, entries(1, &other)).await;
+    assert_eq!(b.reserve_precheck(SALE, 1).unwrap(), Some(Reject::SoldOut));
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+    assert_eq!(
+        b.reserve_precheck(SALE, 1).unwrap(),
+        Some(Reject::SaleEnded)
+    );
+    for (gate, read) in gates_and_reads(&b) {
+        assert_eq!(gate, read, "after the install");
+    }
 }
 
 /// The waitlist floor (where the store starts a sale's waitlist scans, past the entries
