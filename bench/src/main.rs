@@ -41,6 +41,14 @@ pub const OPEN_LOOP_WORKERS: usize = 1_000;
 pub const OPEN_LOOP_RATE: f64 = 2_000.0;
 /// Rounds of the full run (the table shows their median with min–max).
 pub const ROUNDS: usize = 3;
+/// The sold-out hammer cell: units on sale (sold out in well under a second) ...
+pub const HAMMER_CELL_UNITS: u64 = 1_000;
+/// ... by this many clients, who then keep asking for this long ...
+pub const HAMMER_CELL_CLIENTS: usize = 256;
+pub const HAMMER_CELL_DURATION: Duration = Duration::from_secs(3);
+/// ... while every hold stays (TTL far beyond the run): no unit comes back, so every
+/// attempt after the sell-out is a refusal (the rejections/s goal).
+pub const HAMMER_CELL_HOLD_TTL_MS: u64 = 10 * 60 * 1_000;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -74,6 +82,18 @@ struct Cell {
     clients: usize,
     units: u64,
     arrival: Arrival,
+    plan: Plan,
+}
+
+/// What the crowd does in a cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plan {
+    /// The workload: after a hold, half check out and pay, a quarter release, a
+    /// quarter let it expire (`HOLD_TTL_MS`); hammer `Phase::hammer` after the sell-out.
+    Sale,
+    /// Sell out, then only refusals: holds kept, none expires during the run, the crowd
+    /// hammers for `HAMMER_CELL_DURATION`.
+    SoldOutHammer,
 }
 
 fn matrix(quick: bool) -> Vec<Cell> {
@@ -81,6 +101,7 @@ fn matrix(quick: bool) -> Vec<Cell> {
         clients,
         units,
         arrival: Arrival::Closed,
+        plan: Plan::Sale,
     };
     if quick {
         return vec![closed(50, 1_000)];
@@ -100,6 +121,13 @@ fn matrix(quick: bool) -> Vec<Cell> {
             arrival: Arrival::Open {
                 per_s: OPEN_LOOP_RATE,
             },
+            plan: Plan::Sale,
+        },
+        Cell {
+            clients: HAMMER_CELL_CLIENTS,
+            units: HAMMER_CELL_UNITS,
+            arrival: Arrival::Closed,
+            plan: Plan::SoldOutHammer,
         },
     ]
 }
@@ -117,9 +145,18 @@ async fn run_one<S: System>(
     seq: usize,
 ) -> Result<RunFigures> {
     let sale = format!("bp-{}-r{round}-{seq}", std::process::id());
-    let mode = match cell.arrival {
-        Arrival::Closed => "closed".to_string(),
-        Arrival::Open { per_s } => format!("open {per_s:.0}/s"),
+    let mode = match (cell.plan, cell.arrival) {
+        (Plan::SoldOutHammer, _) => "sold-out hammer".to_string(),
+        (Plan::Sale, Arrival::Closed) => "closed".to_string(),
+        (Plan::Sale, Arrival::Open { per_s }) => format!("open {per_s:.0}/s"),
+    };
+    let (ttl_ms, after_hold, hammer) = match cell.plan {
+        Plan::Sale => (HOLD_TTL_MS, AfterHold::Mix, phase.hammer),
+        Plan::SoldOutHammer => (
+            HAMMER_CELL_HOLD_TTL_MS,
+            AfterHold::Keep,
+            HAMMER_CELL_DURATION,
+        ),
     };
     eprintln!(
         "bench-peers: round {round}: {} — {mode}, {} clients, {} units",
@@ -128,7 +165,7 @@ async fn run_one<S: System>(
         cell.units
     );
     let target = sys
-        .prepare(&sale, cell.units, HOLD_TTL_MS, cell.clients)
+        .prepare(&sale, cell.units, ttl_ms, cell.clients)
         .await
         .with_context(|| format!("{}: prepare", sys.name()))?;
     let pids = sys.pids();
@@ -143,8 +180,8 @@ async fn run_one<S: System>(
         concurrency: cell.clients,
         duration_max: phase.sale_max,
         attempts_max: USERS_PER_RUN_MAX,
-        after_hold: AfterHold::Mix,
-        hammer_after_sold_out: Some(phase.hammer),
+        after_hold,
+        hammer_after_sold_out: Some(hammer),
         arrival: cell.arrival,
         run_id: sale.clone(),
     });
@@ -158,16 +195,30 @@ async fn run_one<S: System>(
         r = crowd.run(target.clone()) => r.map_err(|e| anyhow::anyhow!("{e}"))?,
         _ = sweeper => unreachable!("the sweeper loops until the crowd is done"),
     };
-    // Every hold expires: wait, sweep, and read the system's own counters.
-    tokio::time::sleep(Duration::from_millis(HOLD_TTL_MS)).await;
-    let waited = Instant::now();
-    let counters = loop {
-        let _ = sys.reap(&target).await;
-        let c = sys.counters(&target).await?;
-        if c.held == 0 || waited.elapsed() > EXPIRY_WAIT_MAX {
-            break c;
+    // Every hold expires: wait, sweep, and read the system's own counters. In the
+    // hammer cell every granted hold is still held: the counters must say exactly that.
+    let t = &res.tally;
+    let (counters, conserved) = match cell.plan {
+        Plan::Sale => {
+            tokio::time::sleep(Duration::from_millis(HOLD_TTL_MS)).await;
+            let waited = Instant::now();
+            let c = loop {
+                let _ = sys.reap(&target).await;
+                let c = sys.counters(&target).await?;
+                if c.held == 0 || waited.elapsed() > EXPIRY_WAIT_MAX {
+                    break c;
+                }
+                tokio::time::sleep(EXPIRY_POLL).await;
+            };
+            let ok = c.conserves() && c.held == 0;
+            (c, ok)
         }
-        tokio::time::sleep(EXPIRY_POLL).await;
+        Plan::SoldOutHammer => {
+            let c = sys.counters(&target).await?;
+            let held = i64::try_from(t.units_granted).unwrap_or(i64::MAX);
+            let ok = c.conserves() && c.held == held && c.ordered == 0;
+            (c, ok)
+        }
     };
     drop(target);
     tokio::time::sleep(STATS_SETTLE).await;
@@ -176,7 +227,6 @@ async fn run_one<S: System>(
         .map(|p| stockade_bench::sys::cpu_seconds_tree(*p))
         .collect();
     let fs1 = sys.fsyncs().await?;
-    let t = &res.tally;
     let elapsed = res.elapsed.as_secs_f64().max(1e-9);
     let q = |x: f64| t.reserve_us.value_at_quantile(x) as f64 / 1_000.0;
     let sold_out_s = res.sold_out_at_ms.map(|ms| ms as f64 / 1_000.0);
@@ -207,7 +257,7 @@ async fn run_one<S: System>(
         reserve_p999_ms: q(0.999),
         time_to_sell_out_s: sold_out_s,
         oversell: counters.oversell(),
-        conserved: counters.conserves() && counters.held == 0,
+        conserved,
         final_available: counters.available,
         final_held: counters.held,
         final_ordered: counters.ordered,
@@ -244,6 +294,8 @@ struct Results {
     hold_ttl_ms: u64,
     sale_phase_max_s: f64,
     hammer_after_sold_out_s: f64,
+    /// The sold-out hammer cell (full runs): units, clients, seconds of hammering, TTL.
+    hammer_cell: Option<(u64, usize, f64, u64)>,
     disk_fdatasync_per_s: f64,
     versions: Vec<(String, String)>,
     runs: Vec<RunFigures>,
@@ -408,6 +460,12 @@ async fn bench(a: &Args, dir: &Path) -> Result<Results> {
         hold_ttl_ms: HOLD_TTL_MS,
         sale_phase_max_s: phase.sale_max.as_secs_f64(),
         hammer_after_sold_out_s: phase.hammer.as_secs_f64(),
+        hammer_cell: (!a.quick).then_some((
+            HAMMER_CELL_UNITS,
+            HAMMER_CELL_CLIENTS,
+            HAMMER_CELL_DURATION.as_secs_f64(),
+            HAMMER_CELL_HOLD_TTL_MS,
+        )),
         disk_fdatasync_per_s: fdatasync,
         versions,
         runs,
