@@ -130,8 +130,7 @@ pub trait Cluster: Send + Sync + 'static {
     /// also when the state cannot be read. This default reads the view; the node answers
     /// from the gates its state machine keeps in memory after every apply.
     fn reserve_precheck(&self, view: &Self::View, sale_id: &str, qty: u32) -> Option<Reject> {
-        let clock = query::clock_ms(view).ok()?;
-        query::reserve_precheck(view, sale_id, qty, clock).ok()?
+        query::reserve_precheck_now(view, sale_id, qty).ok()?
     }
 
     /// Proposes a command (already validated with

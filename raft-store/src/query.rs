@@ -224,6 +224,15 @@ pub fn reserve_precheck(
     })
 }
 
+/// [`reserve_precheck`] at the view's own clock (the state machine's, as of that view).
+pub fn reserve_precheck_now(
+    kv: &(impl KvRead + ?Sized),
+    sale_id: &str,
+    qty: u32,
+) -> Result<Option<Reject>, StoreError> {
+    reserve_precheck(kv, sale_id, qty, clock_ms(kv)?)
+}
+
 /// What [`reserve_precheck`] needs of a sale: small enough for the store to keep one per
 /// sale in memory after every apply, so refusing a sold-out crowd reads no record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -107,9 +107,7 @@ impl StateMachineStore {
                 return Ok(gate.precheck(qty, clock));
             }
         }
-        let view = self.view();
-        let clock = crate::query::clock_ms(&view)?;
-        crate::query::reserve_precheck(&view, sale_id, qty, clock)
+        crate::query::reserve_precheck_now(&self.view(), sale_id, qty)
     }
 
     fn store_gates(&self, clock_ms: u64, touched: Vec<(String, SaleGate)>) {
@@ -604,6 +602,14 @@ mod tests {
         let w = FloorWrite::begin(&floor); // still running
         floor.lock().unwrap().raise(seen, 500);
         assert_eq!(floor.lock().unwrap().at_ms, 0, "raised during a write");
+        // A count read while the write runs is unchanged until it ends: still no raise.
+        let during = floor.lock().unwrap().writes;
+        floor.lock().unwrap().raise(during, 500);
+        assert_eq!(
+            floor.lock().unwrap().at_ms,
+            0,
+            "raised with a count read mid-write"
+        );
         w.lower(40);
         w.set(300);
         drop(w);
