@@ -175,6 +175,39 @@ async fn main() {
             "0"
         );
     }
+    // The node's shape under load: group-commit entries of `BATCH` reservations (each a
+    // new user and request id), `ENTRIES_PER_CALL` entries per apply call. Three rounds,
+    // each of `n * 20` reservations; the figure is the apply path's own cost per command
+    // (the rest of a node's work is not in it).
+    const BATCH: u64 = 256;
+    const ENTRIES_PER_CALL: usize = 8;
+    let total = (n * 20).div_ceil(BATCH) * BATCH;
+    for round in 1..=3u64 {
+        let entries: Vec<Entry> = (0..total / BATCH)
+            .map(|e| {
+                let base = round * 100_000_000 + e * BATCH;
+                next(LogEntry {
+                    at_ms: 2_000,
+                    cmd: Command::Batch((base..base + BATCH).map(|i| reserve(i).cmd).collect()),
+                })
+            })
+            .collect();
+        let t = Instant::now();
+        for chunk in entries.chunks(ENTRIES_PER_CALL) {
+            sm.apply(stream::iter(chunk.iter().cloned().map(|e| Ok((e, None)))))
+                .await
+                .unwrap();
+        }
+        let el = t.elapsed();
+        println!(
+            "{:<44} {:>12.0} {:>10} {:>10} {:>14}",
+            format!("apply reserve, {BATCH}/entry, {ENTRIES_PER_CALL}/call, round {round}"),
+            total as f64 / el.as_secs_f64(),
+            "-",
+            "-",
+            "0"
+        );
+    }
     drop((log, sm));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -195,7 +195,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
             )));
         };
         let key = keys::idem(user_id, request_id);
-        let fingerprint = xxhash_rust::xxh3::xxh3_64(&codec::encode("command", cmd)?);
+        let fingerprint = codec::fingerprint("command", cmd)?;
         if let Some(rec) = self.txn.get::<IdemRecord>(&key)? {
             if rec.fingerprint == fingerprint {
                 return Ok(rec.response);

@@ -16,15 +16,12 @@ pub fn proposal(cmd: &Command) -> Check {
     if let Command::Batch(cmds) = cmd {
         cmds.iter().try_for_each(command)?;
     }
-    let bytes = crate::codec::encode("command", cmd)
+    let len = crate::codec::encoded_len("command", cmd)
         .map_err(|e| Reject::invalid("command", e.to_string()))?;
-    if bytes.len() > COMMAND_BYTES_MAX {
+    if len > COMMAND_BYTES_MAX {
         return Err(Reject::invalid(
             "command",
-            format!(
-                "encodes to {} bytes, above {COMMAND_BYTES_MAX}",
-                bytes.len()
-            ),
+            format!("encodes to {len} bytes, above {COMMAND_BYTES_MAX}"),
         ));
     }
     Ok(())
