@@ -75,11 +75,6 @@ fn open_db(path: &Path, block_cache_bytes: usize) -> Result<rocksdb::DB, StoreEr
     Ok(rocksdb::DB::open_cf_descriptors(&db_opts, path, cfs)?)
 }
 
-/// Size of a state memtable's whole-key bloom filter, as a share of the memtable's size
-/// (RocksDB's `memtable_prefix_bloom_size_ratio`): 2% of the default 64 MiB write buffer
-/// is 1.3 MiB, ~15 bits per key for records of ~100 bytes.
-const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
-
 /// A column family's table options; also what a snapshot install writes its SST file
 /// with (`sm.rs`), so ingested files are laid out like the ones compaction writes.
 pub(crate) fn cf_options(
@@ -93,11 +88,10 @@ pub(crate) fn cf_options(
     }
     if prefix_friendly {
         t.set_bloom_filter(10.0, false);
-        // Most point reads of the apply path miss (a new request id's idempotency record,
-        // a new user's units): without a memtable filter each miss walked the memtable's
-        // skip list first (12% of apply's instructions under a reservation storm).
-        o.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
-        o.set_memtable_whole_key_filtering(true);
+        // No memtable bloom filter (`memtable_whole_key_filtering`): it cut apply's
+        // instructions for reservations by 11% (callgrind, `storage_bench`), but the
+        // mixed workload at 50 HTTP clients was slower with it in 8 of 9 interleaved
+        // runs (`docs/benchmarks.md`, seventh session).
     }
     o.set_block_based_table_factory(&t);
     o.set_compression_type(rocksdb::DBCompressionType::Lz4);
