@@ -15,7 +15,7 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::type_config::TypeConfigExt;
 use stockade_raft_store::types::{Command, LogEntry, Product, SaleSpec};
-use stockade_raft_store::{open, Entry, StoreOptions, TypeConfig};
+use stockade_raft_store::{open, Entry, StateMachineStore, StoreOptions, TypeConfig};
 
 fn log_id(i: u64) -> stockade_raft_store::LogId {
     openraft::testing::log_id::<TypeConfig>(1, 1, i)
@@ -36,6 +36,32 @@ fn reserve(i: u64) -> LogEntry {
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1e6
+}
+
+/// Applies `entries`, `per_call` of them per apply call, and prints `commands` per second.
+#[allow(clippy::disallowed_methods)] // a benchmark reads the clock; apply never does
+async fn apply_timed(
+    sm: &mut StateMachineStore,
+    entries: &[Entry],
+    per_call: usize,
+    label: &str,
+    commands: u64,
+) {
+    let t = Instant::now();
+    for chunk in entries.chunks(per_call) {
+        sm.apply(stream::iter(chunk.iter().cloned().map(|e| Ok((e, None)))))
+            .await
+            .unwrap();
+    }
+    let el = t.elapsed();
+    println!(
+        "{:<44} {:>12.0} {:>10} {:>10} {:>14}",
+        label,
+        commands as f64 / el.as_secs_f64(),
+        "-",
+        "-",
+        "0"
+    );
 }
 
 #[allow(clippy::disallowed_methods)] // a benchmark reads the clock; apply never does
@@ -159,21 +185,8 @@ async fn main() {
         let entries: Vec<Entry> = (0..n)
             .map(|i| next(reserve(i + per_call as u64 * 1_000_000)))
             .collect();
-        let t = Instant::now();
-        for chunk in entries.chunks(per_call) {
-            sm.apply(stream::iter(chunk.iter().cloned().map(|e| Ok((e, None)))))
-                .await
-                .unwrap();
-        }
-        let el = t.elapsed();
-        println!(
-            "{:<44} {:>12.0} {:>10} {:>10} {:>14}",
-            format!("apply reserve, {per_call} entries per apply call"),
-            n as f64 / el.as_secs_f64(),
-            "-",
-            "-",
-            "0"
-        );
+        let label = format!("apply reserve, {per_call} entries per apply call");
+        apply_timed(&mut sm, &entries, per_call, &label, n).await;
     }
     // The node's shape under load: group-commit entries of `BATCH` reservations (each a
     // new user and request id), `ENTRIES_PER_CALL` entries per apply call. Three rounds,
@@ -192,21 +205,8 @@ async fn main() {
                 })
             })
             .collect();
-        let t = Instant::now();
-        for chunk in entries.chunks(ENTRIES_PER_CALL) {
-            sm.apply(stream::iter(chunk.iter().cloned().map(|e| Ok((e, None)))))
-                .await
-                .unwrap();
-        }
-        let el = t.elapsed();
-        println!(
-            "{:<44} {:>12.0} {:>10} {:>10} {:>14}",
-            format!("apply reserve, {BATCH}/entry, {ENTRIES_PER_CALL}/call, round {round}"),
-            total as f64 / el.as_secs_f64(),
-            "-",
-            "-",
-            "0"
-        );
+        let label = format!("apply reserve, {BATCH}/entry, {ENTRIES_PER_CALL}/call, round {round}");
+        apply_timed(&mut sm, &entries, ENTRIES_PER_CALL, &label, total).await;
     }
     drop((log, sm));
     let _ = std::fs::remove_dir_all(&dir);

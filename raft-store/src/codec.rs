@@ -15,13 +15,15 @@ fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
-/// Bytes reserved up front for one encoding. Every per-command record (a hold, an order,
-/// a user's units, an idempotency record, a sale) encodes to less, so encoding one
-/// allocates once. bincode's own `serde::encode_to_vec` starts from an empty `Vec` and
-/// grows it 8 → 16 → 32 → …: five or six reallocations per record, which were 6% of a
-/// leader's CPU under a reservation storm (perf, `docs/benchmarks.md`, seventh session).
-/// Larger values (log entries, snapshot metadata) grow from here as before; the spare
-/// capacity lives only until RocksDB has copied the bytes.
+/// Bytes reserved up front for one encoding. The records a command writes (a hold, an
+/// order, a user's units, an idempotency record, a sale with a short description) encode
+/// to less, so encoding one allocates once. bincode's own `serde::encode_to_vec` starts
+/// from an empty `Vec` and grows it 8 → 16 → 32 → …, five or six reallocations per
+/// record; with the encodings apply made only to hash a command (now [`fingerprint`]),
+/// that was 8.5% of the apply path's instructions (callgrind over `storage_bench`;
+/// `docs/benchmarks.md`, seventh session). Larger values (log entries, long sale specs)
+/// grow from here as before. The spare capacity lives only until the bytes are written
+/// to RocksDB (at the latest, the end of the apply call).
 pub const ENCODE_BUF_BYTES: usize = 256;
 
 /// A bincode sink appending to a `Vec` (bincode's own is crate-private).
