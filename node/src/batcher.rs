@@ -84,7 +84,7 @@ async fn propose(raft: &Raft, at_ms: u64, batch: Vec<Proposal>) {
     };
     let n = replies.len();
     let answers: Vec<Result<Response, ProposeError>> = match raft
-        .client_write(LogEntry { at_ms, cmd })
+        .client_write(LogEntry::new(at_ms, cmd))
         .await
     {
         Ok(resp) => match resp.data {

@@ -143,7 +143,7 @@ async fn main() {
         log_id(idx),
         LogEntry {
             at_ms: 0,
-            cmd: Command::CreateSale(spec),
+            cmd: Command::CreateSale(spec).into(),
         },
     );
     sm.apply(stream::iter([Ok((create, None))])).await.unwrap();
@@ -160,7 +160,7 @@ async fn main() {
             log_id(idx),
             LogEntry {
                 at_ms: 2_000,
-                cmd: Command::Batch(cmds),
+                cmd: Command::Batch(cmds).into(),
             },
         )
     };

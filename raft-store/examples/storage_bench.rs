@@ -29,7 +29,8 @@ fn reserve(i: u64) -> LogEntry {
             user_id: format!("user-{i}"),
             qty: 1,
             request_id: format!("req-{i}"),
-        },
+        }
+        .into(),
     }
 }
 
@@ -178,7 +179,7 @@ async fn main() {
     };
     let first = next(LogEntry {
         at_ms: 0,
-        cmd: Command::CreateSale(spec),
+        cmd: Command::CreateSale(spec).into(),
     });
     sm.apply(stream::iter([Ok((first, None))])).await.unwrap();
     for per_call in [1usize, 64] {
@@ -201,7 +202,12 @@ async fn main() {
                 let base = round * 100_000_000 + e * BATCH;
                 next(LogEntry {
                     at_ms: 2_000,
-                    cmd: Command::Batch((base..base + BATCH).map(|i| reserve(i).cmd).collect()),
+                    cmd: Command::Batch(
+                        (base..base + BATCH)
+                            .map(|i| std::sync::Arc::unwrap_or_clone(reserve(i).cmd))
+                            .collect(),
+                    )
+                    .into(),
                 })
             })
             .collect();

@@ -64,3 +64,9 @@ pub const COMMAND_BYTES_MAX: usize = 1024 * 1024;
 pub const SNAPSHOT_FILES_KEPT: usize = 2;
 /// Appends waiting for the WAL-sync thread; past it an append syncs on its own.
 pub const WAL_SYNC_QUEUE_MAX: usize = 4_096;
+/// Most recent log entries the log store keeps in memory for its readers (replication to
+/// each follower and the state machine's apply read every entry right after it is
+/// appended). An entry holds at most `BATCH_COMMANDS_MAX` commands, shared with openraft
+/// (no copy), so the cache pins at most this many entries' commands beyond the ones in
+/// flight anyway; a read older than the cache goes to RocksDB as before.
+pub const RECENT_LOG_ENTRIES_MAX: usize = 128;

@@ -48,7 +48,7 @@ impl SaleView {
             waitlist_len: rec.waitlist_len,
             ended_early_at_ms: rec.ended_early_at_ms,
             stats: rec.stats,
-            spec: rec.spec,
+            spec: std::sync::Arc::unwrap_or_clone(rec.spec),
             as_of_ms: clock,
         }
     }

@@ -16,7 +16,21 @@ use serde::{Deserialize, Serialize};
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct LogEntry {
     pub at_ms: u64,
-    pub cmd: Command,
+    /// Shared, not owned: an entry is handed to the log, to each follower's replication
+    /// and to the state machine, and the log store keeps its most recent entries in
+    /// memory for those readers (`store::log`), so a copy must not deep-copy a batch of
+    /// up to `BATCH_COMMANDS_MAX` commands. `Arc<T>` encodes exactly as `T`, so the log
+    /// format is unchanged (the golden tests pin it).
+    pub cmd: std::sync::Arc<Command>,
+}
+
+impl LogEntry {
+    pub fn new(at_ms: u64, cmd: Command) -> Self {
+        LogEntry {
+            at_ms,
+            cmd: std::sync::Arc::new(cmd),
+        }
+    }
 }
 
 /// Product information shown before the sale opens.
@@ -493,7 +507,11 @@ pub struct SaleStats {
 /// A sale as stored (`sale/<id>`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct SaleRecord {
-    pub spec: SaleSpec,
+    /// Shared, not owned: the state machine copies a sale record for every command that
+    /// touches it within an apply call (see `machine::Machine::load_sale`), and the spec
+    /// (six strings) never changes after the sale starts. `Arc<T>` encodes exactly as `T`
+    /// (serde's `rc` feature), so the stored format is unchanged (the golden tests pin it).
+    pub spec: std::sync::Arc<SaleSpec>,
     pub created_at_ms: u64,
     /// Set when an operator ended the sale before `ends_at_ms`.
     pub ended_early_at_ms: Option<u64>,
@@ -700,7 +718,7 @@ pub enum WaitState {
 impl std::fmt::Display for LogEntry {
     /// Short form for openraft's logs: the command kind and the leader's stamp.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.cmd {
+        match &*self.cmd {
             Command::Batch(cmds) => write!(f, "batch[{}]@{}", cmds.len(), self.at_ms),
             cmd => write!(f, "{}@{}", cmd.kind(), self.at_ms),
         }

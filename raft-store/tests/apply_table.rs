@@ -1708,7 +1708,7 @@ fn codes_in(r: &Response, out: &mut BTreeSet<&'static str>) {
 fn try_apply(mem: &mut Mem, at_ms: u64, cmd: &Command) -> Result<Response, String> {
     let entry = LogEntry {
         at_ms,
-        cmd: cmd.clone(),
+        cmd: cmd.clone().into(),
     };
     apply_to_mem(&mut mem.state, &entry).map_err(|e| format!("apply failed: {e}"))
 }

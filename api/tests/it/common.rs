@@ -86,7 +86,7 @@ impl Cluster for Fake {
         self.proposals.lock().unwrap().push(cmd.clone());
         let entry = LogEntry {
             at_ms: self.clock_ms.load(Ordering::SeqCst),
-            cmd,
+            cmd: cmd.into(),
         };
         let value = apply_to_mem(&mut self.state.lock().unwrap(), &entry)
             .map_err(|e| ClusterError::Internal(e.to_string()))?;

@@ -7,16 +7,25 @@
 //! callback queued so far and covers them all with a single `flush_wal(true)`. Under load
 //! many appends share one fsync; idle, an append costs exactly one.
 //!
+//! Reads: openraft reads every entry back right after appending it, once per follower
+//! to replicate it (leader) and once to apply it (every node). The store keeps the most
+//! recent appended entries (`RECENT_LOG_ENTRIES_MAX`) in memory, sharing their commands
+//! (`LogEntry::cmd` is an `Arc`), and answers a read from them when they cover it; older
+//! reads go to RocksDB. Decoding a batch of 256 reservations costs about as much as
+//! applying it, so this removes three decodes per entry on the leader and one on each
+//! follower. The upstream examples read every entry from storage.
+//!
 //! The vote is written with a synced write before `save_vote` returns. Truncation and
 //! purge need no sync of their own: the WAL is one ordered file, so any later synced
 //! write makes them durable too, and openraft tolerates their loss before that.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use openraft::entry::RaftEntry;
@@ -26,7 +35,7 @@ use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use super::{cf, CF_LOG, CF_RAFT};
 use crate::error::StoreError;
-use crate::limits::WAL_SYNC_QUEUE_MAX;
+use crate::limits::{RECENT_LOG_ENTRIES_MAX, WAL_SYNC_QUEUE_MAX};
 use crate::{codec, Entry, LogId, TypeConfig, Vote};
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -38,6 +47,73 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 pub struct LogStore {
     db: Arc<DB>,
     syncer: Arc<WalSyncer>,
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// The newest appended entries, contiguous by index and ending at the log's last entry
+/// (every append, truncation and purge updates it under the same lock order as the
+/// write), so any range it covers reads the same as RocksDB.
+#[derive(Default)]
+struct Recent {
+    entries: VecDeque<Entry>,
+}
+
+impl Recent {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.index())
+    }
+
+    /// Entries `[lo, hi)` (`hi` `None` = to the end) if all of them are here.
+    fn get(&self, lo: u64, hi: Option<u64>) -> Option<Vec<Entry>> {
+        let first = self.first_index()?;
+        let end = first + self.entries.len() as u64; // one past the last entry held
+        let hi = hi.unwrap_or(end);
+        if lo < first || hi > end {
+            return None;
+        }
+        if lo >= hi {
+            return Some(Vec::new());
+        }
+        let from = (lo - first) as usize;
+        let to = (hi - first) as usize;
+        Some(self.entries.range(from..to).cloned().collect())
+    }
+
+    /// Forgets every entry with index `>= from`.
+    fn truncate_from(&mut self, from: u64) {
+        if let Some(first) = self.first_index() {
+            let keep = from.saturating_sub(first).min(self.entries.len() as u64) as usize;
+            self.entries.truncate(keep);
+        }
+    }
+
+    /// Forgets every entry with index `<= upto`.
+    fn purge_upto(&mut self, upto: u64) {
+        while self.entries.front().is_some_and(|e| e.index() <= upto) {
+            self.entries.pop_front();
+        }
+    }
+
+    /// Adds entries just written (ascending, contiguous), keeping the newest
+    /// `RECENT_LOG_ENTRIES_MAX`. An append that does not extend the held run (after a
+    /// truncation, or the first after a restart) restarts it.
+    fn push(&mut self, appended: Vec<Entry>) {
+        let Some(first) = appended.first().map(|e| e.index()) else {
+            return;
+        };
+        self.truncate_from(first);
+        let contiguous = match self.entries.back() {
+            Some(last) => last.index() + 1 == first,
+            None => true,
+        };
+        if !contiguous {
+            self.entries.clear();
+        }
+        self.entries.extend(appended);
+        while self.entries.len() > RECENT_LOG_ENTRIES_MAX {
+            self.entries.pop_front();
+        }
+    }
 }
 
 impl LogStore {
@@ -45,7 +121,11 @@ impl LogStore {
         cf(&db, CF_LOG)?;
         cf(&db, CF_RAFT)?;
         let syncer = Arc::new(WalSyncer::start(db.clone())?);
-        Ok(LogStore { db, syncer })
+        Ok(LogStore {
+            db,
+            syncer,
+            recent: Arc::default(),
+        })
     }
 
     /// WAL fsyncs done for appends since open (appends per sync shows the batching).
@@ -63,7 +143,23 @@ impl LogStore {
         }
     }
 
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn read_entries(&self, lo: u64, hi: Bound<u64>) -> Result<Vec<Entry>, StoreError> {
+        let hi_excl = match hi {
+            Bound::Excluded(h) => Some(h),
+            Bound::Included(h) => Some(h.saturating_add(1)),
+            Bound::Unbounded => None,
+        };
+        if let Some(hit) = self.recent().get(lo, hi_excl) {
+            return Ok(hit);
+        }
+        self.read_entries_from_db(lo, hi)
+    }
+
+    fn read_entries_from_db(&self, lo: u64, hi: Bound<u64>) -> Result<Vec<Entry>, StoreError> {
         let mut ro = rocksdb::ReadOptions::default();
         match hi {
             Bound::Excluded(h) => ro.set_iterate_upper_bound(h.to_be_bytes().to_vec()),
@@ -193,16 +289,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let cf_log = cf(&self.db, CF_LOG)?;
         let mut batch = WriteBatch::default();
+        let mut appended = Vec::new();
         for entry in entries {
             batch.put_cf(
                 cf_log,
                 entry.index().to_be_bytes(),
                 codec::encode("log entry", &entry)?,
             );
+            appended.push(entry);
         }
         // Not synced here: the entries must be readable when this returns, and the sync
-        // thread makes them durable before openraft hears that they are.
-        self.db.write(batch).map_err(StoreError::from)?;
+        // thread makes them durable before openraft hears that they are. The cache is
+        // updated under its lock around the write, so no reader sees the cache and
+        // RocksDB disagree about an index.
+        {
+            let mut recent = self.recent();
+            self.db.write(batch).map_err(StoreError::from)?;
+            recent.push(appended);
+        }
         self.syncer.submit(callback);
         Ok(())
     }
@@ -216,6 +320,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let cf_log = cf(&self.db, CF_LOG)?;
         batch.delete_range_cf(cf_log, from.to_be_bytes(), u64::MAX.to_be_bytes());
         batch.delete_cf(cf_log, u64::MAX.to_be_bytes());
+        let mut recent = self.recent();
+        recent.truncate_from(from);
         self.db.write(batch).map_err(StoreError::from)?;
         Ok(())
     }
@@ -230,6 +336,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         );
         let end = log_id.index().saturating_add(1);
         batch.delete_range_cf(cf(&self.db, CF_LOG)?, 0u64.to_be_bytes(), end.to_be_bytes());
+        let mut recent = self.recent();
+        recent.purge_upto(log_id.index());
         self.db.write(batch).map_err(StoreError::from)?;
         Ok(())
     }

@@ -101,7 +101,7 @@ pub struct Mem {
 
 impl Mem {
     pub fn apply(&mut self, at_ms: u64, cmd: Command) -> Response {
-        let entry = LogEntry { at_ms, cmd };
+        let entry = LogEntry::new(at_ms, cmd);
         let r =
             apply_to_mem(&mut self.state, &entry).expect("apply must not fail on a healthy store");
         self.log.push(entry);

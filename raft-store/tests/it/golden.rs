@@ -69,7 +69,7 @@ fn persisted_types_keep_their_bytes() {
         "LogEntry(Reserve)",
         &LogEntry {
             at_ms: 1_700_000_000_123,
-            cmd: reserve("u1", 2, "r-1"),
+            cmd: reserve("u1", 2, "r-1").into(),
         },
         GOLDEN_ENTRY_RESERVE,
         f,
@@ -188,7 +188,7 @@ fn persisted_types_keep_their_bytes() {
     ];
     check("Response::*", &responses, GOLDEN_RESPONSES, f);
     let sale = SaleRecord {
-        spec: s.clone(),
+        spec: s.clone().into(),
         created_at_ms: 1,
         ended_early_at_ms: Some(2),
         counters: Counters {
@@ -323,7 +323,7 @@ fn persisted_types_keep_their_bytes() {
         log_id(3, 1, 42),
         LogEntry {
             at_ms: 9,
-            cmd: Command::Tick,
+            cmd: Command::Tick.into(),
         },
     );
     check("Entry(normal)", &entry, GOLDEN_RAFT_ENTRY, f);

@@ -4,6 +4,7 @@ mod common;
 mod conformance;
 mod crash;
 mod golden;
+mod log_cache;
 mod model;
 mod queries;
 mod snapshot;

@@ -30,7 +30,7 @@ pub fn workload(n: u64) -> Vec<LogEntry> {
     s.payment_window_ms = 600;
     let mut out = vec![LogEntry {
         at_ms: 0,
-        cmd: Command::CreateSale(s),
+        cmd: Command::CreateSale(s).into(),
     }];
     for i in 0..n {
         let at = 1_000 + i * 7;
@@ -46,7 +46,7 @@ pub fn workload(n: u64) -> Vec<LogEntry> {
             7 => Command::Tick,
             _ => cancel(&user, guess, &req),
         };
-        out.push(LogEntry { at_ms: at, cmd });
+        out.push(LogEntry::new(at, cmd));
     }
     out
 }
@@ -594,11 +594,11 @@ async fn reservation_gates_agree_with_the_state() {
     let other = vec![
         LogEntry {
             at_ms: 0,
-            cmd: Command::CreateSale(s),
+            cmd: Command::CreateSale(s).into(),
         },
         LogEntry {
             at_ms: 1_500,
-            cmd: reserve("v", 1, "v1"),
+            cmd: reserve("v", 1, "v1").into(),
         },
     ];
     let dir_b = TempDir::new().unwrap();
