@@ -11,7 +11,7 @@
 //! to replicate it (leader) and once to apply it (every node). The store keeps the most
 //! recent appended entries (`RECENT_LOG_ENTRIES_MAX`) in memory, sharing their commands
 //! (`LogEntry::cmd` is an `Arc`), and answers a read from them when they cover it; older
-//! reads go to RocksDB. Decoding a batch of 256 reservations costs about as much as
+//! reads go to RocksDB. Its lock is never held across a RocksDB call. Decoding a batch of 256 reservations costs about as much as
 //! applying it, so this removes three decodes per entry on the leader and one on each
 //! follower. The upstream examples read every entry from storage.
 //!
@@ -51,8 +51,9 @@ pub struct LogStore {
 }
 
 /// The newest appended entries, contiguous by index and ending at the log's last entry
-/// (every append, truncation and purge updates it under the same lock order as the
-/// write), so any range it covers reads the same as RocksDB.
+/// (every append, truncation and purge drops what it removes before its RocksDB write
+/// and an append adds its entries after it), so any range it covers reads the same as
+/// RocksDB.
 #[derive(Default)]
 struct Recent {
     entries: VecDeque<Entry>,
@@ -299,14 +300,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             appended.push(entry);
         }
         // Not synced here: the entries must be readable when this returns, and the sync
-        // thread makes them durable before openraft hears that they are. The cache is
-        // updated under its lock around the write, so no reader sees the cache and
-        // RocksDB disagree about an index.
-        {
-            let mut recent = self.recent();
-            self.db.write(batch).map_err(StoreError::from)?;
-            recent.push(appended);
+        // thread makes them durable before openraft hears that they are. The cache never
+        // holds an index the write replaces (dropped before it, added after it), so a
+        // reader in between misses the cache and reads RocksDB; the lock is never held
+        // across a RocksDB call (a write stall must not hold up the readers). openraft
+        // calls append, truncate and purge from one task, so they do not interleave.
+        if let Some(first) = appended.first().map(|e| e.index()) {
+            self.recent().truncate_from(first);
         }
+        self.db.write(batch).map_err(StoreError::from)?;
+        self.recent().push(appended);
         self.syncer.submit(callback);
         Ok(())
     }
@@ -320,8 +323,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let cf_log = cf(&self.db, CF_LOG)?;
         batch.delete_range_cf(cf_log, from.to_be_bytes(), u64::MAX.to_be_bytes());
         batch.delete_cf(cf_log, u64::MAX.to_be_bytes());
-        let mut recent = self.recent();
-        recent.truncate_from(from);
+        self.recent().truncate_from(from);
         self.db.write(batch).map_err(StoreError::from)?;
         Ok(())
     }
@@ -336,8 +338,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         );
         let end = log_id.index().saturating_add(1);
         batch.delete_range_cf(cf(&self.db, CF_LOG)?, 0u64.to_be_bytes(), end.to_be_bytes());
-        let mut recent = self.recent();
-        recent.purge_upto(log_id.index());
+        self.recent().purge_upto(log_id.index());
         self.db.write(batch).map_err(StoreError::from)?;
         Ok(())
     }
