@@ -159,16 +159,26 @@ impl Report {
                 l.p99_us as f64 / 1000.0
             );
         }
-        let _ = writeln!(s, "\ncheckers");
-        for c in &self.checks {
-            let _ = writeln!(s, "  {c}");
-        }
+        // The checkers come last: a CI log often keeps only the tail of a failed test's
+        // output, and what was violated must be in it.
         if !self.extra.is_empty() {
             let _ = writeln!(s, "\nextra");
             for (k, v) in &self.extra {
                 let _ = writeln!(s, "  {k}: {v}");
             }
         }
+        // Valid checkers first, then unknown, then invalid ones with their anomalies.
+        let _ = writeln!(s, "\ncheckers");
+        let mut checks: Vec<_> = self.checks.iter().collect();
+        checks.sort_by_key(|c| match c.verdict {
+            Verdict::Valid => 0,
+            Verdict::Unknown => 1,
+            Verdict::Invalid => 2,
+        });
+        for c in checks {
+            let _ = writeln!(s, "  {c}");
+        }
+        let _ = writeln!(s, "verdict {} (seed {})", self.verdict, self.seed);
         s
     }
 }

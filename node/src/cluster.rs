@@ -230,10 +230,17 @@ impl NodeCluster {
     }
 
     /// Runs a request that only the leader can serve, here or on the leader.
+    ///
+    /// An attempt that met a lost leadership may still take effect (its entry can be in
+    /// the new leader's log). A later attempt refused *before* the log (a full queue:
+    /// `Overloaded`, a 429 that tells the client nothing happened) would then be a false
+    /// answer, so after such an attempt that refusal becomes `Unknown`: the client
+    /// retries with the same request id and gets the recorded answer.
     async fn on_leader(&self, req: ForwardRequest) -> Result<(ForwardResponse, u64), ClusterError> {
         let mut last = ClusterError::NoLeader {
             retry_after_ms: NO_LEADER_RETRY_MS,
         };
+        let mut maybe_sent = false;
         for _ in 0..PROPOSE_ATTEMPTS_MAX {
             let leader = self.wait_leader().await?;
             let result = if leader == self.id {
@@ -242,6 +249,7 @@ impl NodeCluster {
                     Err(ProposeError::Cluster(e)) => Err(e),
                     Err(ProposeError::NotLeader(hint)) => {
                         // Lost leadership on the way: wait for the next one and retry.
+                        maybe_sent = true;
                         if let Some(h) = hint.filter(|&h| h != self.id) {
                             self.forward(h, &req).await
                         } else {
@@ -262,10 +270,11 @@ impl NodeCluster {
                 Ok(ok) => return Ok(ok),
                 // The leader we knew is gone; try whoever leads next.
                 Err(e @ ClusterError::NoLeader { .. }) => {
+                    maybe_sent = true;
                     last = e;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(after_attempts(maybe_sent, e)),
             }
         }
         Err(last)
@@ -381,6 +390,21 @@ impl NodeCluster {
             .await
             .map(|r| (r, self.id))
             .map_err(propose_to_wire)
+    }
+}
+
+/// The answer to give for a failed attempt of [`NodeCluster::on_leader`]: a refusal from
+/// before the log (`Overloaded`: nothing happened *in this attempt*) is not the whole
+/// truth when an earlier attempt may still take effect (`maybe_sent`), so it becomes
+/// `Unknown`, and the client retries with the same request id.
+fn after_attempts(maybe_sent: bool, e: ClusterError) -> ClusterError {
+    match e {
+        ClusterError::Overloaded { .. } if maybe_sent => ClusterError::Unknown(
+            "an earlier attempt met a leader change and may still take effect, and the new \
+             leader is overloaded"
+                .into(),
+        ),
+        e => e,
     }
 }
 
@@ -676,5 +700,30 @@ fn role_name(state: ServerState, voter: bool) -> &'static str {
         ServerState::Follower if voter => "follower",
         ServerState::Follower | ServerState::Learner => "learner",
         ServerState::Shutdown => "shutdown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overloaded_after_a_leader_change_is_an_unknown_outcome() {
+        let overloaded = || ClusterError::Overloaded { retry_after_ms: 50 };
+        // First attempt: nothing was sent before, so a full queue is a clean refusal.
+        assert!(matches!(
+            after_attempts(false, overloaded()),
+            ClusterError::Overloaded { .. }
+        ));
+        // After an attempt that met a leader change, its entry may still commit.
+        assert!(matches!(
+            after_attempts(true, overloaded()),
+            ClusterError::Unknown(_)
+        ));
+        // Other answers pass through either way.
+        assert!(matches!(
+            after_attempts(true, ClusterError::Refused("x".into())),
+            ClusterError::Refused(_)
+        ));
     }
 }
