@@ -97,6 +97,11 @@ pub enum Gap {
     OrderRequestIds,
     /// No `state_at_ms` / `status_at_ms` (when a hold expired, an order timed out).
     StateTimes,
+    /// The authoritative counters and the hold and order listings were not read at one
+    /// applied index of the leader (it applied an entry, such as an expiry tick handing a
+    /// unit to the next waitlisted user, during every attempt), so comparing records with
+    /// counters, or with each other, could see half of a command.
+    RecordsSnapshot,
 }
 
 /// Everything read after heal and quiet.
@@ -110,6 +115,10 @@ pub struct FinalState {
     /// What could not be read (empty: complete).
     #[serde(default)]
     pub gaps: Vec<Gap>,
+    /// Reads of the authoritative view (counters, holds, orders) until one was taken at
+    /// a single applied index of the leader (0: not recorded, an older history).
+    #[serde(default)]
+    pub records_read_attempts: u32,
 }
 
 impl FinalState {

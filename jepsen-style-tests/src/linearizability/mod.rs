@@ -299,6 +299,10 @@ impl<'a> SaleFinal<'a> {
     /// `None` if the final state does not cover the sale well enough to judge by it (no
     /// counters, or waitlist holds without their join's request id).
     fn new(fs: &'a FinalState, sale_id: &str) -> Option<SaleFinal<'a>> {
+        // Counters and records from different applied indexes are no final state at all.
+        if fs.has_gap(Gap::RecordsSnapshot) {
+            return None;
+        }
         let counters = fs.sales.get(sale_id)?.counters;
         let holds: Vec<&FinalHold> = fs.holds.iter().filter(|h| h.sale_id == sale_id).collect();
         if holds

@@ -43,6 +43,9 @@ const QUIET_POLL: Duration = Duration::from_millis(200);
 /// Reads of every node's state before the replicas are compared at whatever indexes the
 /// last read found (see `read_final`).
 const NODE_READ_ATTEMPTS_MAX: u32 = 10;
+/// Reads of the leader's counters, holds and orders until one is taken at a single
+/// applied index (see `read_final`); after that the view is marked incomplete.
+const RECORDS_READ_ATTEMPTS_MAX: u32 = 10;
 
 async fn statuses(c: &Client, nodes: &[String]) -> Vec<Option<Status>> {
     let mut out = Vec::with_capacity(nodes.len());
@@ -182,15 +185,6 @@ pub async fn read_final(
     let lnode = nodes
         .get(&leader)
         .ok_or_else(|| format!("leader {leader} is not a node of the run"))?;
-    let mut fs = FinalState::default();
-    for s in sales {
-        let v = get_settled(c, lnode, &format!("/v1/sales/{}", s.sale_id))
-            .await?
-            .ok_or_else(|| format!("sale {} not found", s.sale_id))?;
-        let sc = sale_counters(&v).ok_or_else(|| format!("unreadable sale {v}"))?;
-        fs.sales.insert(s.sale_id.clone(), sc);
-    }
-
     // Request ids as the ok answers tied them to records.
     let mut hold_rid: BTreeMap<u64, String> = BTreeMap::new();
     let mut order_rid: BTreeMap<u64, String> = BTreeMap::new();
@@ -206,22 +200,40 @@ pub async fn read_final(
             _ => {}
         }
     }
-
     let users: std::collections::BTreeSet<String> = history
         .ops
         .iter()
         .filter_map(|o| o.call.client_key().map(|(u, _)| u.to_string()))
         .collect();
-    for user in &users {
-        for h in list_all(c, lnode, &format!("/v1/users/{user}/holds"), "holds").await? {
-            fs.holds.push(final_hold(&h, &hold_rid)?);
+
+    // The counters and the listings are many requests; quiet does not stop the leader's
+    // ticker (a hold a waitlist handoff granted after the clients stopped still expires,
+    // and hands its unit on), so an entry applied between two of them would make the
+    // records disagree with the counters without any fault of the cluster's. The whole
+    // read is bracketed by the leader's applied index and repeated until both ends agree;
+    // if they never do, the view is marked `Gap::RecordsSnapshot` (unknown, not invalid).
+    // (The status reports an index once its apply call has finished, a moment after the
+    // records changed, hence the pause before the closing status.)
+    let mut fs = FinalState::default();
+    let mut records_at_one_index = false;
+    for attempt in 1..=RECORDS_READ_ATTEMPTS_MAX {
+        let before = c.status(lnode).await.map(|s| s.applied_index);
+        let (sales_read, holds, orders) =
+            read_records(c, lnode, sales, &users, &hold_rid, &order_rid).await?;
+        tokio::time::sleep(POLL).await;
+        let after = c.status(lnode).await.map(|s| s.applied_index);
+        fs.sales = sales_read;
+        fs.holds = holds;
+        fs.orders = orders;
+        fs.records_read_attempts = attempt;
+        if before.is_some() && before == after {
+            records_at_one_index = true;
+            break;
         }
-        for o in list_all(c, lnode, &format!("/v1/users/{user}/orders"), "orders").await? {
-            fs.orders.push(final_order(&o, &order_rid)?);
+        if attempt < RECORDS_READ_ATTEMPTS_MAX {
+            tokio::time::sleep(QUIET_POLL).await;
         }
     }
-    fs.holds.sort_by_key(|h| h.hold_id);
-    fs.orders.sort_by_key(|o| o.order_id);
 
     // Replicas are compared at one applied index: the leader may append an entry (a
     // tick) while the nodes are read one after another, so the whole read is repeated
@@ -243,6 +255,9 @@ pub async fn read_final(
     } else {
         vec![Gap::StateHash]
     };
+    if !records_at_one_index {
+        fs.gaps.push(Gap::RecordsSnapshot);
+    }
     // Records name their request and carry their end times; a record read without them
     // (an older node) leaves that part of the checks unknown.
     if fs
@@ -257,6 +272,46 @@ pub async fn read_final(
     }
     Ok(fs)
 }
+
+/// The leader's authoritative view: every sale's counters (linearizable), and every
+/// hold and order of the given users, in id order.
+async fn read_records(
+    c: &Client,
+    lnode: &str,
+    sales: &[SaleMeta],
+    users: &std::collections::BTreeSet<String>,
+    hold_rid: &BTreeMap<u64, String>,
+    order_rid: &BTreeMap<u64, String>,
+) -> Result<RecordsView, String> {
+    let mut counters = BTreeMap::new();
+    for s in sales {
+        let v = get_settled(c, lnode, &format!("/v1/sales/{}", s.sale_id))
+            .await?
+            .ok_or_else(|| format!("sale {} not found", s.sale_id))?;
+        let sc = sale_counters(&v).ok_or_else(|| format!("unreadable sale {v}"))?;
+        counters.insert(s.sale_id.clone(), sc);
+    }
+    let mut holds = Vec::new();
+    let mut orders = Vec::new();
+    for user in users {
+        for h in list_all(c, lnode, &format!("/v1/users/{user}/holds"), "holds").await? {
+            holds.push(final_hold(&h, hold_rid)?);
+        }
+        for o in list_all(c, lnode, &format!("/v1/users/{user}/orders"), "orders").await? {
+            orders.push(final_order(&o, order_rid)?);
+        }
+    }
+    holds.sort_by_key(|h: &FinalHold| h.hold_id);
+    orders.sort_by_key(|o: &FinalOrder| o.order_id);
+    Ok((counters, holds, orders))
+}
+
+/// Counters by sale, holds, orders.
+type RecordsView = (
+    BTreeMap<String, SaleCounters>,
+    Vec<FinalHold>,
+    Vec<FinalOrder>,
+);
 
 /// Every node's state hash (read at the applied index its status gives, else none) and
 /// its counters of each sale, with that index (none if the node applied more while it was

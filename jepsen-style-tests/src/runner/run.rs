@@ -394,6 +394,7 @@ async fn run_async(cfg: &RunConfig) -> Result<RunResult, String> {
         },
         ops,
     };
+    let quiet_from_ms = start.elapsed().as_millis() as u64;
     let final_state = match wait_quiet(&client, &nodes, QUIET_TIMEOUT).await {
         Ok(leader) => read_final(&client, &addrs, leader, &sales, &history).await,
         Err(e) => Err(e),
@@ -460,6 +461,15 @@ async fn run_async(cfg: &RunConfig) -> Result<RunResult, String> {
             "final_state_gaps".into(),
             serde_json::to_value(&fs.gaps).unwrap_or_default(),
         );
+        report.extra.insert(
+            "final_records_read_attempts".into(),
+            json!(fs.records_read_attempts),
+        );
+        // Run time (ms from the start of the clients) when the wait for quiet began:
+        // expiries and waitlist hand-offs after it run while the final state is read.
+        report
+            .extra
+            .insert("final_quiet_wait_from_ms".into(), json!(quiet_from_ms));
     }
     if let Some(st) = cluster
         .lock()

@@ -122,6 +122,7 @@ pub fn good_final() -> FinalState {
         }],
         nodes: vec![node("n1"), node("n2"), node("n3")],
         gaps: vec![],
+        records_read_attempts: 1,
     }
 }
 

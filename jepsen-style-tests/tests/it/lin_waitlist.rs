@@ -292,6 +292,13 @@ fn a_waitlisted_user_given_stock_that_never_came_back_is_rejected() {
         ],
     );
     assert_eq!(lin_final(&h, &fs), Verdict::Invalid);
+    // The same records read across an expiry and hand-off (alice's listing before it,
+    // bob's after) are no final state: the runner marks such a read and it is not used.
+    let mut torn = fs.clone();
+    torn.gaps.push(Gap::RecordsSnapshot);
+    let v = check_sale_with(&h, Some(&torn), "w", &config());
+    assert_eq!(v.verdict, Verdict::Valid, "{v:?}");
+    assert_eq!(v.counts.get("final_observed"), Some(&0), "{v:?}");
     // bob still waiting is fine.
     let fs = final_state(
         0,
