@@ -3,6 +3,7 @@
 //! Pure string building; it never talks to a server, so every format is unit-tested.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -72,16 +73,35 @@ pub fn now_ms() -> u64 {
 
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// This process's part of every request id it makes: the time of its first id and its
+/// pid, computed once. Two processes never share it (a pid is reused only after its
+/// process ended, at a later time), and the counter tells this process's ids apart.
+/// Computed per id before, it cost a `getpid` system call and a clock read per request:
+/// 1.1% of the whole machine's samples during a `bench` over `ReserveStream`.
+static REQUEST_ID_BASE: OnceLock<String> = OnceLock::new();
+
 /// A fresh idempotency key: time, process and a counter, unique enough that two
 /// invocations never share one (at most 64 bytes, the server's limit).
 pub fn new_request_id(prefix: &str) -> String {
+    let base = REQUEST_ID_BASE.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!("{nanos:x}-{:x}", std::process::id())
+    });
     let n = REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let id = format!("{prefix}-{nanos:x}-{:x}-{n:x}", std::process::id());
-    id.chars().take(64).collect()
+    let mut id = format!("{prefix}-{base}-{n:x}");
+    // The server's limit (bytes); a long prefix is cut, never the process or counter of
+    // a short one.
+    if id.len() > stockade_raft_store::limits::REQUEST_ID_BYTES_MAX {
+        let cut = (0..=stockade_raft_store::limits::REQUEST_ID_BYTES_MAX)
+            .rev()
+            .find(|&i| id.is_char_boundary(i))
+            .unwrap_or(0);
+        id.truncate(cut);
+    }
+    id
 }
 
 /// Milliseconds as seconds with three decimals (`1.234s`).
@@ -111,6 +131,14 @@ mod tests {
         let b = new_request_id("cli");
         assert_ne!(a, b);
         assert!(a.len() <= 64 && a.starts_with("cli-"));
+        // Same process part, different counters.
+        let (pa, pb) = (a.rsplit_once('-').unwrap().0, b.rsplit_once('-').unwrap().0);
+        assert_eq!(pa, pb);
+        // A prefix past the limit is cut at 64 bytes, on a character boundary.
+        assert_eq!(new_request_id(&"x".repeat(100)).len(), 64);
+        let cut = new_request_id(&"é".repeat(40));
+        assert_eq!(cut.len(), 64);
+        assert!(cut.chars().all(|c| c == 'é'));
     }
 
     #[test]
