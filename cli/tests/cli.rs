@@ -33,8 +33,10 @@ fn fake(status: &'static str, body: &'static str) -> (String, Arc<AtomicUsize>) 
     (addr, hits)
 }
 
-fn closed_port() -> String {
-    format!("http://127.0.0.1:{}", common::free_port())
+/// An address no one listens on, reserved (so no one starts to) while the lease lives.
+fn closed_port() -> (String, stockade_jepsen::ports::PortLease) {
+    let l = common::free_port();
+    (format!("http://127.0.0.1:{}", l.port()), l)
 }
 
 #[test]
@@ -69,7 +71,8 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn unreachable_cluster_exits_2_with_one_line() {
-    let out = stockctl(&closed_port(), &["--timeout", "500", "status"]);
+    let (closed, _lease) = closed_port();
+    let out = stockctl(&closed, &["--timeout", "500", "status"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -110,7 +113,8 @@ fn fails_over_past_dead_and_leaderless_nodes() {
         "201 Created",
         r#"{"hold_id":5,"sale_id":"drop","qty":1,"expires_at_ms":9}"#,
     );
-    let eps = format!("{},{no_leader},{good}", closed_port());
+    let (closed, _lease) = closed_port();
+    let eps = format!("{closed},{no_leader},{good}");
     let out = stockctl(&eps, &["reserve", "drop", "ann", "--output", "json"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");

@@ -25,6 +25,7 @@ pub mod checkers;
 pub mod final_state;
 pub mod history;
 pub mod linearizability;
+pub mod ports;
 pub mod report;
 pub mod runner;
 pub mod verdict;

@@ -468,22 +468,19 @@ async fn add_a_learner_promote_it_and_remove_an_old_voter() {
     c.shutdown().await;
 }
 
-/// Free loopback ports, found by binding port 0 (released before the nodes bind them).
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+/// Loopback ports reserved outside the ephemeral range until the leases are dropped
+/// (see `stockade_jepsen::ports`; a port bound at 0 and released can be taken by any
+/// outgoing connection before the node binds it).
+fn free_ports(n: usize) -> Vec<stockade_jepsen::ports::PortLease> {
+    stockade_jepsen::ports::reserve_n(n).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_form_a_cluster_from_flags_alone() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let dir = TempDir::new().unwrap();
-    let p = free_ports(6);
+    let leases = free_ports(6);
+    let p: Vec<u16> = leases.iter().map(|l| l.port()).collect();
     let peers: Vec<String> = (0..3)
         .map(|i| {
             format!(

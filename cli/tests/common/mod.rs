@@ -4,7 +4,6 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -43,9 +42,11 @@ pub fn stockade_bin() -> PathBuf {
     }
 }
 
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+/// A loopback port reserved until the lease is dropped, outside the kernel's ephemeral
+/// range (see `stockade_jepsen::ports`: a port found by binding port 0 and releasing it
+/// can be taken by any outgoing connection before the node binds it).
+pub fn free_port() -> stockade_jepsen::ports::PortLease {
+    stockade_jepsen::ports::reserve().expect("reserve a loopback port")
 }
 
 pub struct NodeSpec {
@@ -59,6 +60,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<NodeSpec>,
     children: Vec<Child>,
+    /// The nodes' ports, held while the cluster lives.
+    _leases: Vec<stockade_jepsen::ports::PortLease>,
 }
 
 impl Drop for Cluster {
@@ -73,17 +76,24 @@ impl Drop for Cluster {
 impl Cluster {
     /// `n` nodes on fresh ports, not started.
     pub fn plan(n: u64) -> Cluster {
+        let mut leases = Vec::new();
         let nodes = (1..=n)
-            .map(|id| NodeSpec {
-                id,
-                http: format!("127.0.0.1:{}", free_port()),
-                grpc: format!("127.0.0.1:{}", free_port()),
+            .map(|id| {
+                let (h, g) = (free_port(), free_port());
+                let spec = NodeSpec {
+                    id,
+                    http: format!("127.0.0.1:{}", h.port()),
+                    grpc: format!("127.0.0.1:{}", g.port()),
+                };
+                leases.extend([h, g]);
+                spec
             })
             .collect();
         Cluster {
             dir: tempfile::tempdir().expect("temp dir"),
             nodes,
             children: Vec::new(),
+            _leases: leases,
         }
     }
 

@@ -552,6 +552,16 @@ pub struct DockerCluster {
     /// Nodes that carry our nftables table now.
     cut: BTreeSet<u64>,
     cleaned: bool,
+    /// The published host ports, held while the project lives.
+    leases: Vec<crate::ports::PortLease>,
+}
+
+/// Reserves a host port into `leases` and returns it.
+fn lease(leases: &mut Vec<crate::ports::PortLease>) -> Result<u16, ProcError> {
+    let l = super::procs::lease_port()?;
+    let port = l.port();
+    leases.push(l);
+    Ok(port)
 }
 
 impl DockerCluster {
@@ -584,11 +594,12 @@ impl DockerCluster {
         let k = RUNS.fetch_add(1, Ordering::Relaxed);
         let project = format!("{PROJECT_PREFIX}{pid}-{k}");
         let mut services = Vec::with_capacity(n);
+        let mut leases = Vec::with_capacity(2 * n);
         for id in 1..=n as u64 {
             services.push(ServicePlan {
                 id,
-                http_port: super::procs::free_port().map_err(|e| e.to_string())?,
-                grpc_port: super::procs::free_port().map_err(|e| e.to_string())?,
+                http_port: lease(&mut leases).map_err(|e| e.to_string())?,
+                grpc_port: lease(&mut leases).map_err(|e| e.to_string())?,
                 skew_ms: 0,
                 initial: id as usize <= COMPOSE_INITIAL,
                 retired: false,
@@ -610,6 +621,7 @@ impl DockerCluster {
             added: 0,
             cut: BTreeSet::new(),
             cleaned: false,
+            leases,
         };
         // From here on, `c` removes whatever was made when it is dropped.
         let names: Vec<String> = (1..=n as u64).map(ComposePlan::service_name).collect();
@@ -869,8 +881,8 @@ impl DockerCluster {
         self.added += 1;
         let s = ServicePlan {
             id,
-            http_port: super::procs::free_port()?,
-            grpc_port: super::procs::free_port()?,
+            http_port: lease(&mut self.leases)?,
+            grpc_port: lease(&mut self.leases)?,
             skew_ms: 0,
             initial: false,
             retired: false,

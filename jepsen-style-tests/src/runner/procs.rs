@@ -18,7 +18,6 @@
 //! it (not handled: no `PR_SET_PDEATHSIG` without unsafe code).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -110,16 +109,18 @@ pub struct ProcessCluster {
     bin: PathBuf,
     nodes: Vec<Node>,
     added: u64,
+    /// The nodes' loopback ports, held while the cluster lives (a killed node's port
+    /// stays reserved for its restart).
+    leases: Vec<crate::ports::PortLease>,
     // Dropped after the children are gone (Drop kills them first), in this order.
     proxy: Option<super::proxy::Proxy>,
     netns: Option<super::netns::Netns>,
     dir: tempfile::TempDir,
 }
 
-/// A free loopback port (bound once, then released).
-pub(crate) fn free_port() -> Result<u16, ProcError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| io("bind an ephemeral port", e))?;
-    Ok(l.local_addr().map_err(|e| io("local addr", e))?.port())
+/// A loopback port held for the cluster's lifetime (see [`crate::ports`]).
+pub(crate) fn lease_port() -> Result<crate::ports::PortLease, ProcError> {
+    crate::ports::reserve().map_err(|e| io("reserve a loopback port", e))
 }
 
 impl ProcessCluster {
@@ -170,6 +171,7 @@ impl ProcessCluster {
             bin: bin.to_path_buf(),
             nodes: Vec::with_capacity(n),
             added: 0,
+            leases: Vec::new(),
             proxy,
             netns,
             dir,
@@ -200,10 +202,15 @@ impl ProcessCluster {
                     format!("{ip}:{}", super::netns::GRPC_PORT),
                 )
             }
-            None => (
-                format!("127.0.0.1:{}", free_port()?),
-                format!("127.0.0.1:{}", free_port()?),
-            ),
+            None => {
+                let (h, g) = (lease_port()?, lease_port()?);
+                let addrs = (
+                    format!("127.0.0.1:{}", h.port()),
+                    format!("127.0.0.1:{}", g.port()),
+                );
+                self.leases.extend([h, g]);
+                addrs
+            }
         };
         if let (Some(p), Some(ns)) = (&self.proxy, &self.netns) {
             // Each node connects from its namespace address: per-link faults can tell it.
