@@ -5,7 +5,7 @@
 //! Handlers parse, build a `Command` or pick a read level, call the cluster through
 //! [`crate::core`], and shape the answer; every failure goes through [`ApiError`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -191,21 +191,55 @@ pub(crate) fn build<C: Cluster>(shared: Arc<Shared<C>>) -> (Router, Vec<RouteSpe
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
-            shared.clone(),
+            Tracking {
+                shared: shared.clone(),
+                routes: Arc::new(b.table.iter().map(|r| r.path).collect()),
+            },
             track::<C>,
         ))
         .with_state(shared);
     (router, b.table)
 }
 
+/// What [`track`] needs: the shared state and the route templates, so that a request's
+/// metric labels are the router's own `&'static str`s (nothing allocated per request).
+struct Tracking<C> {
+    shared: Arc<Shared<C>>,
+    routes: Arc<HashSet<&'static str>>,
+}
+
+// By hand: a derive would ask `C: Clone`, and only the `Arc`s are cloned.
+impl<C> Clone for Tracking<C> {
+    fn clone(&self) -> Self {
+        Tracking {
+            shared: self.shared.clone(),
+            routes: self.routes.clone(),
+        }
+    }
+}
+
+/// A method's metric label (the router only serves these four).
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        _ => "other",
+    }
+}
+
 /// Bounds each request by the timeout and records its route, status and latency.
-async fn track<C: Cluster>(State(s): St<C>, req: Request, next: Next) -> Response {
-    let route = req
+async fn track<C: Cluster>(State(t): State<Tracking<C>>, req: Request, next: Next) -> Response {
+    let s = &t.shared;
+    let route: &'static str = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().as_str().to_string();
+        .and_then(|m| t.routes.get(m.as_str()).copied())
+        .unwrap_or("unmatched");
+    let method = method_label(req.method());
     let timeout_ms = if route.starts_with("/admin/") {
         s.limits.admin_request_timeout_ms
     } else {
@@ -220,8 +254,8 @@ async fn track<C: Cluster>(State(s): St<C>, req: Request, next: Next) -> Respons
         .into_response(),
     };
     s.metrics.request(
-        &route,
-        &method,
+        route,
+        method,
         resp.status().as_u16(),
         start.elapsed().as_secs_f64(),
     );
