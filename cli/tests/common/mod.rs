@@ -59,14 +59,19 @@ pub struct NodeSpec {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<NodeSpec>,
-    children: Vec<Child>,
+    /// Flags added to every node's command line.
+    pub extra_args: Vec<String>,
+    /// `RUST_LOG` of the nodes (`warn` unless set).
+    pub rust_log: String,
+    /// `children[i]` runs `nodes[i]` (`None` while stopped).
+    children: Vec<Option<Child>>,
     /// The nodes' ports, held while the cluster lives.
     _leases: Vec<stockade_jepsen::ports::PortLease>,
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for c in self.children.iter_mut().flatten() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -92,6 +97,8 @@ impl Cluster {
         Cluster {
             dir: tempfile::tempdir().expect("temp dir"),
             nodes,
+            extra_args: Vec::new(),
+            rust_log: "warn".into(),
             children: Vec::new(),
             _leases: leases,
         }
@@ -112,24 +119,55 @@ impl Cluster {
     /// Starts every node with `--peers` (the lowest id initializes the cluster, unless
     /// the data directories already hold a restored state).
     pub fn start(&mut self) {
-        let bin = stockade_bin();
-        let peers = self.peers();
-        for n in &self.nodes {
-            let log = std::fs::File::create(self.dir.path().join(format!("node{}.log", n.id)))
-                .expect("log file");
-            let child = Command::new(&bin)
-                .args(["--node-id", &n.id.to_string()])
-                .arg("--data-dir")
-                .arg(self.data_dir(n.id))
-                .args(["--http-listen", &n.http, "--grpc-listen", &n.grpc])
-                .args(["--peers", &peers])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn stockade");
-            self.children.push(child);
+        self.children = (0..self.nodes.len()).map(|i| Some(self.spawn(i))).collect();
+    }
+
+    /// Node `nodes[i]` as a process; its output (the log is on stdout) goes to
+    /// `node<id>.log` (truncated).
+    fn spawn(&self, i: usize) -> Child {
+        let n = &self.nodes[i];
+        let log = std::fs::File::create(self.dir.path().join(format!("node{}.log", n.id)))
+            .expect("log file");
+        Command::new(stockade_bin())
+            .args(["--node-id", &n.id.to_string()])
+            .arg("--data-dir")
+            .arg(self.data_dir(n.id))
+            .args(["--http-listen", &n.http, "--grpc-listen", &n.grpc])
+            .args(["--peers", &self.peers()])
+            .args(&self.extra_args)
+            .env("RUST_LOG", &self.rust_log)
+            .stdout(log.try_clone().expect("log file handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn stockade")
+    }
+
+    /// SIGKILL of node `id` (no shutdown of any kind), waited for.
+    pub fn kill(&mut self, id: u64) {
+        let i = self.index(id);
+        if let Some(mut c) = self.children[i].take() {
+            c.kill().expect("kill node");
+            c.wait().expect("wait for killed node");
         }
+    }
+
+    /// Starts node `id` again on its data directory and ports.
+    pub fn restart(&mut self, id: u64) {
+        let i = self.index(id);
+        assert!(self.children[i].is_none(), "node {id} is running");
+        self.children[i] = Some(self.spawn(i));
+    }
+
+    /// What node `id` wrote since it was last started.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node{id}.log"))).unwrap_or_default()
+    }
+
+    fn index(&self, id: u64) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.id == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
     }
 
     pub fn start_new(n: u64) -> Cluster {

@@ -1,7 +1,7 @@
 //! openraft storage on one RocksDB: the log, Raft metadata and the state machine are
-//! three column families of one database, so they share one WAL and are ordered with
-//! respect to each other (a purge that survived a crash implies the applied state before
-//! it survived too).
+//! three column families of one database. The log and the metadata are written through
+//! the one WAL, in order; the state machine's apply batches bypass it and are recovered
+//! after a crash from the newest snapshot and the log (`sm.rs`).
 //!
 //! | column family | keys | values |
 //! |---|---|---|

@@ -3,9 +3,31 @@
 //! Apply: entries are collected, then run through [`Machine`] on a blocking thread
 //! against a [`Txn`] over the live column family; the whole call's writes, with
 //! `last_applied`, the membership and the clock, go to RocksDB as one `WriteBatch`, and
-//! only then are the responses sent. The batch is not fsynced: every applied entry is
-//! already durable in the log, and the single WAL orders this batch before any later
-//! purge, so a crash can only make the node re-apply a suffix of the log.
+//! only then are the responses sent.
+//!
+//! **The apply batch bypasses the WAL** (`WriteOptions::disable_wal`): it lives in the
+//! memtable until RocksDB flushes the column family to a table file. Every applied entry
+//! is already durable in the Raft log, so the state machine is *transient* in openraft's
+//! sense, and a crash recovers it the way openraft recovers such a machine
+//! (`StorageHelper::get_initial_state`): the column family comes back as of its last
+//! flush, a prefix of the applied writes with its own `last_applied` (one `WriteBatch`
+//! never straddles a flush); if the newest snapshot file is ahead of that, it is
+//! installed; then the committed log after it is re-applied. That is always possible:
+//! openraft purges the log only up to its newest snapshot, and a snapshot file is
+//! fsynced and renamed into place before openraft hears it exists (`snapshot.rs`), so
+//! every purged entry is inside a durable snapshot. A clean shutdown flushes the
+//! memtable (RocksDB's default), so only a crash pays the re-apply, bounded by the
+//! entries since the last snapshot or flush.
+//!
+//! Why: with the batch in the WAL, each reservation's records (about 400 bytes: the
+//! hold, the user's record, the idempotency record, three index keys) were written to
+//! the WAL file and fsynced by the next log append, beside its ~80-byte log entry, on
+//! every node. Without it, three interleaved pairs of a 100,000-unit reservation storm
+//! (256 `grpc-stream` clients) went 12–21% faster at 3–11% less node CPU per
+//! reservation (`docs/benchmarks.md`, thirteenth session). Until then the shared WAL
+//! ordered the batch before any later purge, so a crash could only make the node
+//! re-apply a suffix of the log, never install its own snapshot; the crash test
+//! `a_killed_node_recovers_every_acknowledged_write` (cli e2e) covers the new path.
 //!
 //! Snapshots: built from one RocksDB snapshot, so the data *and* the metadata
 //! (`last_applied`, membership) come from the same view even while apply goes on (the
@@ -225,7 +247,7 @@ impl StateMachineStore {
         // raised after it (handled ones are gone): concurrent readers never skip a
         // live deadline.
         writing.lower(floor);
-        self.commit(txn.into_writes(), false)?;
+        self.commit(txn.into_writes())?;
         writing.set(floor);
         drop(writing);
         self.store_gates(clock_ms, gates);
@@ -233,7 +255,7 @@ impl StateMachineStore {
         Ok(responses)
     }
 
-    fn commit(&self, writes: Writes, sync: bool) -> Result<(), StoreError> {
+    fn commit(&self, writes: Writes) -> Result<(), StoreError> {
         let cf_sm = cf(&self.db, CF_SM)?;
         let mut batch = WriteBatch::default();
         for (k, v) in writes {
@@ -243,7 +265,9 @@ impl StateMachineStore {
             }
         }
         let mut wo = WriteOptions::default();
-        wo.set_sync(sync);
+        // Transient state: recovered from the snapshot and the log after a crash (see
+        // the module docs).
+        wo.disable_wal(true);
         self.db.write_opt(batch, &wo)?;
         Ok(())
     }
