@@ -218,7 +218,7 @@ impl<C> Clone for Tracking<C> {
     }
 }
 
-/// A method's metric label (the router only serves these four).
+/// A method's metric label: the methods the router serves (HEAD with GET), else `other`.
 fn method_label(m: &axum::http::Method) -> &'static str {
     use axum::http::Method;
     match *m {

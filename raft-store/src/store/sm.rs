@@ -22,9 +22,10 @@
 //! Why: with the batch in the WAL, each reservation's records (about 400 bytes: the
 //! hold, the user's record, the idempotency record, three index keys) were written to
 //! the WAL file and fsynced by the next log append, beside its ~80-byte log entry, on
-//! every node. Without it, three interleaved pairs of a 100,000-unit reservation storm
-//! (256 `grpc-stream` clients) went 12–21% faster at 3–11% less node CPU per
-//! reservation (`docs/benchmarks.md`, thirteenth session). Until then the shared WAL
+//! every node. Without it, four interleaved pairs of a 100,000-unit reservation storm
+//! (256 `grpc-stream` clients) went 10–34% faster (median 18%) at 6–13% less node CPU
+//! per reservation; the seeds' mixed flow at 50 HTTP clients, whose entries are small,
+//! was unchanged (`docs/benchmarks.md`, thirteenth session). Until then the shared WAL
 //! ordered the batch before any later purge, so a crash could only make the node
 //! re-apply a suffix of the log, never install its own snapshot; the crash test
 //! `a_killed_node_recovers_every_acknowledged_write` (cli e2e) covers the new path.
