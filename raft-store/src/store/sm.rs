@@ -19,10 +19,10 @@
 //! memtable (RocksDB's default), so only a crash pays the re-apply, bounded by the
 //! entries since the last snapshot or flush.
 //!
-//! Why: with the batch in the WAL, each reservation's records (about 400 bytes: the
-//! hold, the user's record, the idempotency record, three index keys) were written to
-//! the WAL file and fsynced by the next log append, beside its ~80-byte log entry, on
-//! every node. Without it, four interleaved pairs of a 100,000-unit reservation storm
+//! Why: with the batch in the WAL, each reservation's records (the hold, the user's
+//! record, the idempotency record, three index keys; 414 bytes per reservation in a
+//! backup file) were written to the WAL file and fsynced by the next log append, beside
+//! the log entry (104 bytes of WAL per reservation without them), on every node. Without it, four interleaved pairs of a 100,000-unit reservation storm
 //! (256 `grpc-stream` clients) went 10–34% faster (median 18%) at 6–13% less node CPU
 //! per reservation; the seeds' mixed flow at 50 HTTP clients, whose entries are small,
 //! was unchanged (`docs/benchmarks.md`, thirteenth session). Until then the shared WAL
