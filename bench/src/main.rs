@@ -74,6 +74,11 @@ struct Args {
     /// Rounds (default: 1 quick, 3 full).
     #[arg(long)]
     rounds: Option<usize>,
+    /// Only cells whose label contains one of these (case-insensitive). Labels are the
+    /// mode, then clients × units: `closed 50x10000`, `open 2000/s 1000x10000`,
+    /// `sold-out hammer 256x1000`; e.g. `--cells open,hammer`.
+    #[arg(long, value_delimiter = ',')]
+    cells: Vec<String>,
 }
 
 /// One cell of the matrix.
@@ -132,6 +137,30 @@ fn matrix(quick: bool) -> Vec<Cell> {
     ]
 }
 
+impl Cell {
+    /// The table's *mode* column.
+    fn mode(&self) -> String {
+        match (self.plan, self.arrival) {
+            (Plan::SoldOutHammer, _) => "sold-out hammer".to_string(),
+            (Plan::Sale, Arrival::Closed) => "closed".to_string(),
+            (Plan::Sale, Arrival::Open { per_s }) => format!("open {per_s:.0}/s"),
+        }
+    }
+
+    /// What `--cells` matches: the mode, then clients × units.
+    fn label(&self) -> String {
+        format!("{} {}x{}", self.mode(), self.clients, self.units)
+    }
+}
+
+/// Whether `label` contains one of `wanted` (case-insensitive); nothing wanted = all.
+fn matches_any(label: &str, wanted: &[String]) -> bool {
+    wanted.is_empty()
+        || wanted
+            .iter()
+            .any(|w| label.to_lowercase().contains(&w.to_lowercase()))
+}
+
 struct Phase {
     sale_max: Duration,
     hammer: Duration,
@@ -145,11 +174,7 @@ async fn run_one<S: System>(
     seq: usize,
 ) -> Result<RunFigures> {
     let sale = format!("bp-{}-r{round}-{seq}", std::process::id());
-    let mode = match (cell.plan, cell.arrival) {
-        (Plan::SoldOutHammer, _) => "sold-out hammer".to_string(),
-        (Plan::Sale, Arrival::Closed) => "closed".to_string(),
-        (Plan::Sale, Arrival::Open { per_s }) => format!("open {per_s:.0}/s"),
-    };
+    let mode = cell.mode();
     let (ttl_ms, after_hold, hammer) = match cell.plan {
         Plan::Sale => (HOLD_TTL_MS, AfterHold::Mix, phase.hammer),
         Plan::SoldOutHammer => (
@@ -159,7 +184,8 @@ async fn run_one<S: System>(
         ),
     };
     eprintln!(
-        "bench-peers: round {round}: {} — {mode}, {} clients, {} units",
+        "bench-peers: round {round} (at {} ms since the epoch, to match server logs): {} — {mode}, {} clients, {} units",
+        stockade_cli::output::now_ms(),
         sys.name(),
         cell.clients,
         cell.units
@@ -398,12 +424,7 @@ async fn bench(a: &Args, dir: &Path) -> Result<Results> {
         p_hot.name(),
         p_skip.name(),
     ];
-    let wanted = |n: &str| {
-        a.only.is_empty()
-            || a.only
-                .iter()
-                .any(|w| n.to_lowercase().contains(&w.to_lowercase()))
-    };
+    let wanted = |n: &str| matches_any(n, &a.only);
     let phase = if a.quick {
         Phase {
             sale_max: QUICK_SALE_PHASE_MAX,
@@ -420,6 +441,9 @@ async fn bench(a: &Args, dir: &Path) -> Result<Results> {
     let mut seq = 0;
     for round in 0..rounds {
         for cell in matrix(a.quick) {
+            if !matches_any(&cell.label(), &a.cells) {
+                continue;
+            }
             for (i, name) in names.iter().enumerate() {
                 if !wanted(name) {
                     continue;
@@ -441,7 +465,7 @@ async fn bench(a: &Args, dir: &Path) -> Result<Results> {
         }
     }
     if runs.is_empty() {
-        bail!("--only matched no system");
+        bail!("--only matched no system, or --cells no cell");
     }
     let versions = vec![
         ("redis-server".into(), version("redis-server", "--version")),
@@ -505,8 +529,34 @@ async fn main() {
             }
         }
     };
+    keep_logs(&dir, &a.out.join("logs"));
     let _ = std::fs::remove_dir_all(&dir);
     std::process::exit(code);
+}
+
+/// Copies the servers' logs (`*.log` at the top of the run's directory, and each
+/// Stockade node's RocksDB `LOG` as `<node dir>-rocksdb.log`) to `to`, so a stall or an
+/// error in a run can be read after the data directories are gone.
+fn keep_logs(dir: &std::path::Path, to: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let _ = std::fs::remove_dir_all(to);
+    if let Err(e) = std::fs::create_dir_all(to) {
+        eprintln!("bench-peers: {}: {e}", to.display());
+        return;
+    }
+    for e in entries.flatten() {
+        let path = e.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if path.extension().is_some_and(|x| x == "log") {
+            let _ = std::fs::copy(&path, to.join(name));
+        } else if path.join("db/LOG").is_file() {
+            let _ = std::fs::copy(path.join("db/LOG"), to.join(format!("{name}-rocksdb.log")));
+        }
+    }
 }
 
 /// Resolves on ctrl-c (SIGINT) or SIGTERM (`kill`, a CI timeout), so the servers are
@@ -538,4 +588,35 @@ fn write(out: &Path, res: &Results) -> Result<()> {
     std::fs::write(out.join("table.md"), t)?;
     eprintln!("bench-peers: wrote {}", json.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn picked(wanted: &[&str]) -> Vec<String> {
+        let wanted: Vec<String> = wanted.iter().map(|w| w.to_string()).collect();
+        matrix(false)
+            .iter()
+            .map(Cell::label)
+            .filter(|l| matches_any(l, &wanted))
+            .collect()
+    }
+
+    #[test]
+    fn cells_are_picked_by_their_label() {
+        assert_eq!(
+            picked(&[]).len(),
+            matrix(false).len(),
+            "nothing wanted = all"
+        );
+        assert_eq!(picked(&["open"]), ["open 2000/s 1000x10000"]);
+        assert_eq!(picked(&["HAMMER"]), ["sold-out hammer 256x1000"]);
+        assert_eq!(
+            picked(&["closed 50x"]),
+            ["closed 50x10000", "closed 50x1000"]
+        );
+        assert_eq!(picked(&["open", "x100000"]).len(), 2);
+        assert!(picked(&["no such cell"]).is_empty());
+    }
 }

@@ -164,6 +164,18 @@ pub fn render(c: &NodeCluster) -> String {
         "WAL fsyncs for log appends.",
         c.log.wal_syncs(),
     );
+    let _ = writeln!(
+        out,
+        "# HELP stockade_wal_sync_seconds Time spent in those fsyncs (over stockade_wal_syncs_total: the mean).\n\
+         # TYPE stockade_wal_sync_seconds counter\nstockade_wal_sync_seconds_total {}",
+        c.log.wal_sync_micros() as f64 / 1e6
+    );
+    counter(
+        &mut out,
+        "stockade_wal_syncs_slow",
+        "WAL fsyncs that took 100 ms or longer (each is also logged as `slow WAL sync`).",
+        c.log.wal_syncs_slow(),
+    );
     let mem = c.sm.db_memory();
     for (name, help, v) in [
         (

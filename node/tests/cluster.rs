@@ -716,5 +716,15 @@ async fn replication_flows_on_streams_and_every_replica_agrees() {
     assert!(value("stockade_process_resident_bytes") > 0);
     let _ = value("stockade_rocksdb_block_cache_bytes");
     let _ = value("stockade_rocksdb_table_readers_bytes");
+    // What the WAL syncs cost: counted, timed, and the slow ones among them.
+    let syncs = value("stockade_wal_syncs_total");
+    assert!(syncs > 0, "the leader synced its WAL {syncs} times");
+    assert!(value("stockade_wal_syncs_slow_total") <= syncs);
+    let sync_s: f64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("stockade_wal_sync_seconds_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("stockade_wal_sync_seconds_total missing:\n{text}"));
+    assert!(sync_s > 0.0, "{syncs} syncs took {sync_s} s");
     c.shutdown().await;
 }

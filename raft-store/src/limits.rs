@@ -62,8 +62,22 @@ pub const COMMAND_BYTES_MAX: usize = 1024 * 1024;
 /// Snapshot files kept in the snapshot directory (the newest is served, the previous one
 /// is kept so that a reader streaming it while a new one lands is not cut off).
 pub const SNAPSHOT_FILES_KEPT: usize = 2;
+/// A snapshot file being written is synced every this many bytes, so that at most this
+/// much of it is ever dirty in the page cache. On ext4 (`data=ordered`) an fsync of the
+/// log's WAL commits the journal, which first writes out every dirty data block of the
+/// file system: with the whole snapshot (tens to hundreds of MiB) dirty until its final
+/// fsync, a WAL sync that ran into it waited for all of it (a 111 ms WAL sync was logged
+/// the instant a 157 MB snapshot was sealed, `docs/benchmarks.md`, fourteenth session).
+pub const SNAPSHOT_SYNC_BYTES: u64 = 1024 * 1024;
+/// The same bound for RocksDB's own table files (flushes, compactions, ingestion):
+/// `bytes_per_sync`, which RocksDB leaves off by default.
+pub const SST_BYTES_PER_SYNC: u64 = 1024 * 1024;
 /// Appends waiting for the WAL-sync thread; past it an append syncs on its own.
 pub const WAL_SYNC_QUEUE_MAX: usize = 4_096;
+/// A WAL sync slower than this is logged (`slow WAL sync`) and counted
+/// (`stockade_wal_syncs_slow_total`): every append it covers waited that long, and a
+/// leader's heartbeat interval is 100 ms by default.
+pub const WAL_SYNC_SLOW: std::time::Duration = std::time::Duration::from_millis(100);
 /// Most recent log entries the log store keeps in memory for its readers (replication to
 /// each follower and the state machine's apply read every entry right after it is
 /// appended). An entry holds at most `BATCH_COMMANDS_MAX` commands, shared with openraft

@@ -35,7 +35,7 @@ use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use super::{cf, CF_LOG, CF_RAFT};
 use crate::error::StoreError;
-use crate::limits::{RECENT_LOG_ENTRIES_MAX, WAL_SYNC_QUEUE_MAX};
+use crate::limits::{RECENT_LOG_ENTRIES_MAX, WAL_SYNC_QUEUE_MAX, WAL_SYNC_SLOW};
 use crate::{codec, Entry, LogId, TypeConfig, Vote};
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -131,7 +131,17 @@ impl LogStore {
 
     /// WAL fsyncs done for appends since open (appends per sync shows the batching).
     pub fn wal_syncs(&self) -> u64 {
-        self.syncer.syncs.load(Ordering::Relaxed)
+        self.syncer.stats.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Time spent in those fsyncs since open, microseconds (with `wal_syncs`, the mean).
+    pub fn wal_sync_micros(&self) -> u64 {
+        self.syncer.stats.micros.load(Ordering::Relaxed)
+    }
+
+    /// Those fsyncs that took `WAL_SYNC_SLOW` or longer.
+    pub fn wal_syncs_slow(&self) -> u64 {
+        self.syncer.stats.slow.load(Ordering::Relaxed)
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -348,23 +358,55 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 struct WalSyncer {
     tx: Option<SyncSender<IOFlushed<TypeConfig>>>,
     db: Arc<DB>,
-    syncs: Arc<AtomicU64>,
+    stats: Arc<SyncStats>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// What the WAL syncs cost (exported at `/metrics`).
+#[derive(Default)]
+struct SyncStats {
+    syncs: AtomicU64,
+    micros: AtomicU64,
+    slow: AtomicU64,
+}
+
+impl SyncStats {
+    /// Syncs the WAL, counts and times it; a slow one is logged.
+    #[allow(clippy::disallowed_methods)] // times an fsync for /metrics; apply never reads a clock
+    fn sync(&self, db: &DB, covers: usize) -> Result<(), rocksdb::Error> {
+        let started = std::time::Instant::now();
+        let result = db.flush_wal(true);
+        let took = started.elapsed();
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.micros.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        if took >= WAL_SYNC_SLOW {
+            self.slow.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                appends = covers,
+                "slow WAL sync: every append it covers waited this long"
+            );
+        }
+        result
+    }
 }
 
 impl WalSyncer {
     fn start(db: Arc<DB>) -> Result<Self, StoreError> {
         let (tx, rx) = sync_channel(WAL_SYNC_QUEUE_MAX);
         let thread_db = db.clone();
-        let syncs = Arc::new(AtomicU64::new(0));
-        let thread_syncs = syncs.clone();
+        let stats = Arc::new(SyncStats::default());
+        let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("stockade-wal-sync".into())
-            .spawn(move || sync_loop(&thread_db, &rx, &thread_syncs))?;
+            .spawn(move || sync_loop(&thread_db, &rx, &thread_stats))?;
         Ok(WalSyncer {
             tx: Some(tx),
             db,
-            syncs,
+            stats,
             thread: Some(thread),
         })
     }
@@ -379,8 +421,7 @@ impl WalSyncer {
         };
         // Queue full (or thread gone): sync on this thread rather than block or drop.
         if let Some(cb) = overflow {
-            self.syncs.fetch_add(1, Ordering::Relaxed);
-            cb.io_completed(self.db.flush_wal(true).map_err(io::Error::other));
+            cb.io_completed(self.stats.sync(&self.db, 1).map_err(io::Error::other));
         }
     }
 }
@@ -394,14 +435,13 @@ impl Drop for WalSyncer {
     }
 }
 
-fn sync_loop(db: &DB, rx: &Receiver<IOFlushed<TypeConfig>>, syncs: &AtomicU64) {
+fn sync_loop(db: &DB, rx: &Receiver<IOFlushed<TypeConfig>>, stats: &SyncStats) {
     while let Ok(first) = rx.recv() {
         let mut pending = vec![first];
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
         }
-        let result = db.flush_wal(true);
-        syncs.fetch_add(1, Ordering::Relaxed);
+        let result = stats.sync(db, pending.len());
         if let Err(e) = &result {
             tracing::error!(error = %e, "WAL sync failed; the node must stop");
         }

@@ -67,6 +67,9 @@ fn open_db(path: &Path, block_cache_bytes: usize) -> Result<rocksdb::DB, StoreEr
     // Sync writes fsync the WAL; the append path syncs explicitly (see `log.rs`).
     db_opts.set_use_fsync(false);
     db_opts.set_keep_log_file_num(4);
+    // Table files written by flushes and compactions are synced as they grow, not only
+    // at their end (see `SST_BYTES_PER_SYNC`).
+    db_opts.set_bytes_per_sync(crate::limits::SST_BYTES_PER_SYNC);
     let cache = rocksdb::Cache::new_lru_cache(block_cache_bytes);
     let cf = |name: &str, prefix_friendly: bool| {
         rocksdb::ColumnFamilyDescriptor::new(name, cf_options(Some(&cache), prefix_friendly))
