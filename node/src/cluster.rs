@@ -640,6 +640,8 @@ impl Cluster for NodeCluster {
                 "nothing applied yet: no snapshot to take".into(),
             ));
         };
+        // openraft asks the state machine like a policy turn; this one must not be deferred.
+        self.sm.force_next_snapshot();
         self.raft.trigger().snapshot().await.map_err(internal)?;
         self.raft
             .wait(Some(Duration::from_secs(30)))

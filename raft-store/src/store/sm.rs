@@ -40,6 +40,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, TryStreamExt};
@@ -52,6 +53,7 @@ use super::{cf, PointInTime, StateView, CF_SM};
 use crate::error::StoreError;
 use crate::kv::Pair;
 use crate::kv::{KvRead, Txn, Writes};
+use crate::limits::SNAPSHOT_REWRITE_DIVISOR;
 use crate::machine::Machine;
 use crate::query::SaleGate;
 use crate::types::{Reject, Response, SaleRecord};
@@ -73,6 +75,34 @@ pub struct StateMachineStore {
     /// The applied clock and, per sale changed since the start, its reservation gate, as
     /// of the last apply call (see [`StateMachineStore::reserve_precheck`]).
     gates: Arc<RwLock<Gates>>,
+    /// Whether a policy-triggered snapshot is worth its rewrite yet (`SnapshotPacing`).
+    pacing: Arc<SnapshotPacing>,
+}
+
+/// What decides whether a snapshot the policy asks for is built now or deferred (see
+/// `limits::SNAPSHOT_REWRITE_DIVISOR`). In memory only: after a start the last size is
+/// unknown (0), so the first policy turn builds.
+#[derive(Debug, Default)]
+struct SnapshotPacing {
+    /// Bytes of state-machine write batches since the last snapshot's view was taken.
+    written: AtomicU64,
+    /// Size of the last snapshot file built or installed, bytes.
+    last_bytes: AtomicU64,
+    /// The next build was asked for by an operator and must not be deferred.
+    force_next: AtomicBool,
+}
+
+impl SnapshotPacing {
+    /// Whether to build now; a forced build consumes the request.
+    fn build_now(&self, force: bool) -> bool {
+        let forced = self.force_next.swap(false, Ordering::Relaxed) || force;
+        forced
+            || self
+                .written
+                .load(Ordering::Relaxed)
+                .saturating_mul(SNAPSHOT_REWRITE_DIVISOR)
+                >= self.last_bytes.load(Ordering::Relaxed)
+    }
 }
 
 /// Most sales whose gate the store keeps; past this it forgets them all and reads the
@@ -98,6 +128,7 @@ impl StateMachineStore {
             deadline_floor: Arc::default(),
             wait_floors: Arc::default(),
             gates: Arc::default(),
+            pacing: Arc::default(),
         };
         // The second half of the conservation pair: what was written is checked on load.
         check_sales(&sm.view())?;
@@ -269,12 +300,16 @@ impl StateMachineStore {
         // Transient state: recovered from the snapshot and the log after a crash (see
         // the module docs).
         wo.disable_wal(true);
+        let bytes = batch.size_in_bytes() as u64;
         self.db.write_opt(batch, &wo)?;
+        self.pacing.written.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
     }
 
     fn build_blocking(&self) -> Result<(SnapshotMeta, PathBuf), StoreError> {
         let pit = PointInTime::new(&self.db);
+        // What is written from here on is not in this snapshot.
+        self.pacing.written.store(0, Ordering::Relaxed);
         let (last_log_id, last_membership) = self.applied(&pit)?;
         let meta = SnapshotMeta {
             last_log_id,
@@ -294,6 +329,9 @@ impl StateMachineStore {
             writer.record(&k, &v)?;
         }
         let path = writer.finish(&self.snapshot_dir, &meta)?;
+        self.pacing
+            .last_bytes
+            .store(std::fs::metadata(&path)?.len(), Ordering::Relaxed);
         Ok((meta, path))
     }
 
@@ -356,7 +394,20 @@ impl StateMachineStore {
             f.seek(io::SeekFrom::Start(0))?;
             snapshot::store_from(&self.snapshot_dir, io::BufReader::new(f))?;
         }
+        // The installed state is as new as a snapshot of our own would be.
+        self.pacing.written.store(0, Ordering::Relaxed);
+        if let Some(p) = snapshot::latest(&self.snapshot_dir)? {
+            self.pacing
+                .last_bytes
+                .store(std::fs::metadata(p)?.len(), Ordering::Relaxed);
+        }
         Ok(())
+    }
+
+    /// Makes the next snapshot build happen whatever was written since the last one (an
+    /// operator's `snapshot`, which openraft asks for like a policy turn).
+    pub fn force_next_snapshot(&self) {
+        self.pacing.force_next.store(true, Ordering::Relaxed);
     }
 
     fn current_blocking(&self) -> Result<Option<Snapshot>, StoreError> {
@@ -596,6 +647,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
+    }
+
+    /// Defers a policy turn's build until the state machine has written enough since the
+    /// last snapshot to be worth rewriting the state (`SNAPSHOT_REWRITE_DIVISOR`).
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
+        if self.pacing.build_now(force) {
+            return Some(self.clone());
+        }
+        tracing::debug!(
+            written = self.pacing.written.load(Ordering::Relaxed),
+            last_bytes = self.pacing.last_bytes.load(Ordering::Relaxed),
+            "snapshot deferred: too little written since the last one"
+        );
+        None
     }
 
     async fn install_snapshot(

@@ -688,3 +688,83 @@ async fn waitlist_floor_never_hides_a_waiting_user() {
         mem.state.into_iter().collect::<Vec<_>>()
     );
 }
+
+/// A policy turn builds a snapshot only once the state machine has written at least
+/// 1 / SNAPSHOT_REWRITE_DIVISOR of the last snapshot's size since it; forced builds (and
+/// an operator's request) are never deferred; an install counts as a fresh snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_snapshots_wait_until_enough_was_written_since_the_last() {
+    use stockade_raft_store::limits::SNAPSHOT_REWRITE_DIVISOR;
+    let (da, db) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let (_la, mut a) = open(&StoreOptions::new(da.path())).unwrap();
+    let log = workload(600);
+    apply_all(&mut a, entries(1, &log)).await;
+    // Nothing built since the start: the first turn builds.
+    let snap = a
+        .try_create_snapshot_builder(false)
+        .await
+        .expect("the first policy turn builds")
+        .build_snapshot()
+        .await
+        .unwrap();
+    let size = snap.snapshot.metadata().unwrap().len();
+
+    // One more small entry: far less than size / DIVISOR written, so a turn defers.
+    let more = vec![LogEntry::new(9_000, reserve("late-1", 1, "late-r1"))];
+    apply_all(&mut a, entries(log.len() as u64 + 1, &more)).await;
+    assert!(
+        a.try_create_snapshot_builder(false).await.is_none(),
+        "a turn right after a {size}-byte snapshot must defer"
+    );
+    assert!(
+        a.try_create_snapshot_builder(true).await.is_some(),
+        "forced"
+    );
+    a.force_next_snapshot();
+    assert!(
+        a.try_create_snapshot_builder(false).await.is_some(),
+        "an operator's request is not deferred"
+    );
+    assert!(
+        a.try_create_snapshot_builder(false).await.is_none(),
+        "the request is used up by one build"
+    );
+
+    // Write about size / DIVISOR more (the same workload again, new ids): it builds.
+    let mut next = log.len() as u64 + 2;
+    let mut round = 0;
+    while a.try_create_snapshot_builder(false).await.is_none() {
+        round += 1;
+        assert!(round < 50, "never built after {round} rounds of writes");
+        let batch: Vec<LogEntry> = (0..200u64)
+            .map(|i| {
+                let user = format!("w{round}-{i}");
+                LogEntry::new(
+                    10_000 + round * 1_000 + i,
+                    reserve(&user, 1, &format!("{user}-r")),
+                )
+            })
+            .collect();
+        apply_all(&mut a, entries(next, &batch)).await;
+        next += batch.len() as u64;
+    }
+    assert!(
+        round >= 2,
+        "built after {round} rounds: one 200-reservation round should not reach \
+         1/{SNAPSHOT_REWRITE_DIVISOR} of a {size}-byte snapshot"
+    );
+
+    // A store that installed this snapshot counts it as its last one.
+    let (_lb, mut b) = open(&StoreOptions::new(db.path())).unwrap();
+    let snap = a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+    assert!(
+        b.try_create_snapshot_builder(false).await.is_none(),
+        "a turn right after an install must defer"
+    );
+}
