@@ -56,7 +56,9 @@ pub struct Args {
     pub election_min_ms: u64,
     #[arg(long, env = "STOCKADE_ELECTION_MAX_MS", default_value_t = 800)]
     pub election_max_ms: u64,
-    /// Build a snapshot after this many entries since the last one.
+    /// Consider a snapshot after this many entries since the last one; it is built once
+    /// the state machine has written half the last snapshot's size since it
+    /// (`SNAPSHOT_REWRITE_DIVISOR`), else considered again after as many entries.
     #[arg(
         long,
         env = "STOCKADE_SNAPSHOT_EVERY_ENTRIES",
