@@ -605,12 +605,7 @@ async fn reservation_gates_agree_with_the_state() {
     let (_lb, mut b) = open(&StoreOptions::new(dir_b.path())).unwrap();
     apply_all(&mut b, entries(1, &other)).await;
     assert_eq!(b.reserve_precheck(SALE, 1).unwrap(), Some(Reject::SoldOut));
-    let snap = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snap = build(&mut sm).await;
     b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
     assert_eq!(
         b.reserve_precheck(SALE, 1).unwrap(),
@@ -713,27 +708,24 @@ async fn policy_snapshots_wait_until_enough_was_written_since_the_last() {
     let more = vec![LogEntry::new(9_000, reserve("late-1", 1, "late-r1"))];
     apply_all(&mut a, entries(log.len() as u64 + 1, &more)).await;
     assert!(
-        a.try_create_snapshot_builder(false).await.is_none(),
+        !turn(&mut a, false).await,
         "a turn right after a {size}-byte snapshot must defer"
     );
-    assert!(
-        a.try_create_snapshot_builder(true).await.is_some(),
-        "forced"
-    );
+    assert!(turn(&mut a, true).await, "forced");
     a.force_next_snapshot();
     assert!(
-        a.try_create_snapshot_builder(false).await.is_some(),
+        turn(&mut a, false).await,
         "an operator's request is not deferred"
     );
     assert!(
-        a.try_create_snapshot_builder(false).await.is_none(),
+        !turn(&mut a, false).await,
         "the request is used up by one build"
     );
 
     // Write about size / DIVISOR more (the same workload again, new ids): it builds.
     let mut next = log.len() as u64 + 2;
     let mut round = 0;
-    while a.try_create_snapshot_builder(false).await.is_none() {
+    while !turn(&mut a, false).await {
         round += 1;
         assert!(round < 50, "never built after {round} rounds of writes");
         let batch: Vec<LogEntry> = (0..200u64)
@@ -756,15 +748,26 @@ async fn policy_snapshots_wait_until_enough_was_written_since_the_last() {
 
     // A store that installed this snapshot counts it as its last one.
     let (_lb, mut b) = open(&StoreOptions::new(db.path())).unwrap();
-    let snap = a
-        .get_snapshot_builder()
+    let snap = build(&mut a).await;
+    b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+    assert!(
+        !turn(&mut b, false).await,
+        "a turn right after an install must defer"
+    );
+}
+
+/// A snapshot of `sm` as it is now.
+async fn build(
+    sm: &mut StateMachineStore,
+) -> openraft::alias::SnapshotOf<TypeConfig, std::fs::File> {
+    sm.get_snapshot_builder()
         .await
         .build_snapshot()
         .await
-        .unwrap();
-    b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
-    assert!(
-        b.try_create_snapshot_builder(false).await.is_none(),
-        "a turn right after an install must defer"
-    );
+        .unwrap()
+}
+
+/// Whether a snapshot turn (`force` as openraft passes it) would build now.
+async fn turn(sm: &mut StateMachineStore, force: bool) -> bool {
+    sm.try_create_snapshot_builder(force).await.is_some()
 }
