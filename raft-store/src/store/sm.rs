@@ -603,7 +603,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         tracing::info!(
             path = %path.display(),
             last = ?meta.last_log_id,
-            bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+            bytes = self.pacing.last_bytes.load(Ordering::Relaxed),
             took_ms = started.elapsed().as_millis() as u64,
             "snapshot built"
         );

@@ -7,8 +7,9 @@
 //! ```
 //!
 //! Files are written to `*.tmp` (synced every `SNAPSHOT_SYNC_BYTES` on the way, so the
-//! node's WAL syncs never wait for a whole snapshot's dirty pages), fsynced, renamed to `<last index, 20 digits>.snap`, and
-//! the directory is fsynced, so a crash leaves either the old file or the whole new one.
+//! node's WAL syncs never wait for a whole snapshot's dirty pages), fsynced, renamed to
+//! `<last index, 20 digits>.snap`, and the directory is fsynced, so a crash leaves either
+//! the old file or the whole new one.
 //! Readers verify the checksum and count before a single record is installed.
 
 use std::fs::{self, File};
