@@ -37,6 +37,11 @@ const NO_LEADER_RETRY_MS: u64 = 500;
 pub(crate) const OVERLOADED_RETRY_MS: u64 = 50;
 /// Attempts of one proposal across leader changes.
 const PROPOSE_ATTEMPTS_MAX: usize = 3;
+/// Longest an operator's `snapshot` waits for a build that covers everything applied when
+/// it asked. A build runs at a low priority (`SNAPSHOT_BUILD_NICE`) and takes seconds per
+/// hundred MB of state when the node is idle, longer under load; the HTTP admin timeout
+/// (300 s) is above it.
+const SNAPSHOT_WAIT_MAX: Duration = Duration::from_secs(120);
 /// How long a request waits for a leader to appear before answering 503.
 const LEADER_WAIT: Duration = Duration::from_millis(1_000);
 
@@ -640,18 +645,33 @@ impl Cluster for NodeCluster {
                 "nothing applied yet: no snapshot to take".into(),
             ));
         };
-        // openraft asks the state machine like a policy turn; this one must not be deferred.
-        self.sm.force_next_snapshot();
-        self.raft.trigger().snapshot().await.map_err(internal)?;
-        self.raft
-            .wait(Some(Duration::from_secs(30)))
-            .metrics(
-                |m| m.snapshot.is_some_and(|s| s.index >= applied),
-                "snapshot",
-            )
-            .await
-            .map_err(|e| ClusterError::Unknown(format!("snapshot not finished: {e}")))?;
-        Ok(())
+        let deadline = tokio::time::Instant::now() + SNAPSHOT_WAIT_MAX;
+        loop {
+            let before = self
+                .raft
+                .metrics()
+                .borrow_watched()
+                .snapshot
+                .map(|s| s.index);
+            if before.is_some_and(|i| i >= applied) {
+                return Ok(());
+            }
+            // openraft asks the state machine like a policy turn; this one must not be
+            // deferred.
+            self.sm.force_next_snapshot();
+            self.raft.trigger().snapshot().await.map_err(internal)?;
+            // If a build was already running, openraft drops this request and that build
+            // ends below `applied`: then ask again once it is in.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.raft
+                .wait(Some(left))
+                .metrics(
+                    |m| m.snapshot.map(|s| s.index) != before,
+                    "a snapshot build to finish",
+                )
+                .await
+                .map_err(|e| ClusterError::Unknown(format!("snapshot not finished: {e}")))?;
+        }
     }
 
     async fn backup(&self) -> Result<Backup, ClusterError> {

@@ -117,7 +117,8 @@ pub async fn start(cfg: Config) -> Result<NodeHandle, StartError> {
             .unwrap_or_else(|| http_addr.to_string()),
     };
 
-    let store_opts = StoreOptions::new(&cfg.data_dir);
+    let mut store_opts = StoreOptions::new(&cfg.data_dir);
+    store_opts.snapshot_build_nice = cfg.snapshot_build_nice;
     let (log, sm) = open(&store_opts).map_err(|source| StartError::Store {
         dir: cfg.data_dir.display().to_string(),
         source,

@@ -424,6 +424,44 @@ async fn a_follower_behind_a_purged_log_catches_up_by_snapshot() {
     c.shutdown().await;
 }
 
+/// An operator's snapshot asked for while another build runs (openraft then drops the
+/// request) still gets one that covers what it applied: it asks again once the running
+/// build is in, instead of waiting for a snapshot that nobody builds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_asked_for_during_a_build_covers_what_was_applied() {
+    let c = TestCluster::start(1, &["--snapshot-every-entries=1000000"]).await;
+    let id = c.leader().await;
+    c.create_sale(id, sale(100_000, 600_000)).await;
+    // Enough state that a build takes a while (it also runs at the lowest priority).
+    let crowd: Vec<_> = (0..10_000)
+        .map(|i| c.propose(id, reserve(&format!("u{i}"), &format!("r{i}"))))
+        .collect();
+    futures::future::join_all(crowd).await;
+    let h = &c.nodes[&id];
+    let first = {
+        let cluster = h.cluster.clone();
+        tokio::spawn(async move { cluster.trigger_snapshot().await })
+    };
+    // Let the first build start, then apply one more entry and ask again.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    c.propose(id, reserve("late", "r-late")).await;
+    let applied = h
+        .raft
+        .metrics()
+        .borrow_watched()
+        .last_applied
+        .unwrap()
+        .index;
+    let second = tokio::time::timeout(Duration::from_secs(60), h.cluster.trigger_snapshot())
+        .await
+        .expect("the second snapshot request never finished");
+    assert!(second.is_ok(), "second request: {second:?}");
+    let snap = h.raft.metrics().borrow_watched().snapshot.unwrap().index;
+    assert!(snap >= applied, "snapshot at {snap}, applied {applied}");
+    assert!(first.await.unwrap().is_ok());
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn add_a_learner_promote_it_and_remove_an_old_voter() {
     let mut c = TestCluster::start(3, &[]).await;

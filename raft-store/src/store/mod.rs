@@ -9,6 +9,7 @@
 //! | `raft` | `vote`, `committed`, `last_purged` | bincode openraft types |
 //! | `sm` | [`crate::keys`] schema | bincode records |
 
+mod background;
 mod log;
 mod sm;
 pub mod snapshot;
@@ -33,6 +34,9 @@ pub struct StoreOptions {
     pub dir: PathBuf,
     /// RocksDB block cache shared by all column families, bytes.
     pub block_cache_bytes: usize,
+    /// Nice value the snapshot builder's thread runs at (see `SNAPSHOT_BUILD_NICE`;
+    /// never below the process's own).
+    pub snapshot_build_nice: i32,
 }
 
 impl StoreOptions {
@@ -40,6 +44,7 @@ impl StoreOptions {
         StoreOptions {
             dir: dir.into(),
             block_cache_bytes: 128 * 1024 * 1024,
+            snapshot_build_nice: crate::limits::SNAPSHOT_BUILD_NICE,
         }
     }
 }
@@ -48,7 +53,7 @@ impl StoreOptions {
 pub fn open(opts: &StoreOptions) -> Result<(LogStore, StateMachineStore), StoreError> {
     let db = Arc::new(open_db(&opts.dir.join("db"), opts.block_cache_bytes)?);
     let log = LogStore::new(db.clone())?;
-    let sm = StateMachineStore::new(db, opts.dir.join("snapshots"))?;
+    let sm = StateMachineStore::new(db, opts.dir.join("snapshots"), opts.snapshot_build_nice)?;
     Ok((log, sm))
 }
 

@@ -684,6 +684,44 @@ async fn waitlist_floor_never_hides_a_waiting_user() {
     );
 }
 
+/// A snapshot is written on a thread of its own at `StoreOptions::snapshot_build_nice`
+/// (the request path keeps its priority), and the file is the same as at any priority.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_built_at_the_lower_priority() {
+    use stockade_raft_store::limits::SNAPSHOT_BUILD_NICE;
+    let (da, db) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let (_la, mut a) = open(&StoreOptions::new(da.path())).unwrap();
+    let mut plain = StoreOptions::new(db.path());
+    plain.snapshot_build_nice = 0;
+    let (_lb, mut b) = open(&plain).unwrap();
+    assert_eq!(a.last_build_nice(), None, "no build yet");
+    let log = workload(200);
+    apply_all(&mut a, entries(1, &log)).await;
+    apply_all(&mut b, entries(1, &log)).await;
+    let mut sa = build(&mut a).await;
+    let mut sb = build(&mut b).await;
+    // The test process runs at nice 0 unless started niced: the builder never goes below it.
+    assert_eq!(
+        a.last_build_nice(),
+        Some(SNAPSHOT_BUILD_NICE.max(process_nice()))
+    );
+    assert_eq!(b.last_build_nice(), Some(process_nice()));
+    let (mut fa, mut fb) = (Vec::new(), Vec::new());
+    sa.snapshot.read_to_end(&mut fa).unwrap();
+    sb.snapshot.read_to_end(&mut fb).unwrap();
+    assert!(fa == fb, "the same state gave different snapshot files");
+}
+
+/// The nice value of the process (read from /proc: field 19 of `stat`).
+#[cfg(target_os = "linux")]
+fn process_nice() -> i32 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // After the command name in parentheses: state is field 3, nice is field 19.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(16).unwrap().parse().unwrap()
+}
+
 /// A policy turn builds a snapshot only once the state machine has written at least
 /// 1 / SNAPSHOT_REWRITE_DIVISOR of the last snapshot's size since it; forced builds (and
 /// an operator's request) are never deferred; an install counts as a fresh snapshot.
