@@ -38,7 +38,7 @@ pub(crate) const OVERLOADED_RETRY_MS: u64 = 50;
 /// Attempts of one proposal across leader changes.
 const PROPOSE_ATTEMPTS_MAX: usize = 3;
 /// Longest an operator's `snapshot` waits for a build that covers everything applied when
-/// it asked. A build runs at a low priority (`SNAPSHOT_BUILD_NICE`) and takes seconds per
+/// it asked. A build runs at a low priority (`--snapshot-build-priority`) and takes seconds per
 /// hundred MB of state when the node is idle, longer under load; the HTTP admin timeout
 /// (300 s) is above it.
 const SNAPSHOT_WAIT_MAX: Duration = Duration::from_secs(120);

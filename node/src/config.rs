@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use stockade_raft_store::limits::{BATCH_COMMANDS_MAX, SNAPSHOT_BUILD_NICE};
+use stockade_raft_store::limits::BATCH_COMMANDS_MAX;
+use stockade_raft_store::BuildPriority;
 use stockade_raft_store::NodeAddr;
 
 #[derive(Parser, Debug, Clone)]
@@ -65,15 +66,16 @@ pub struct Args {
         default_value_t = 20_000
     )]
     pub snapshot_every_entries: u64,
-    /// Nice value (0-19) of the thread that writes a snapshot: at 19 a build gets the CPU
-    /// the request path leaves idle; 0 builds at the node's own priority.
+    /// CPU priority of the thread that writes a snapshot: `idle` (Linux SCHED_IDLE: only
+    /// CPU time nothing else wants), `low` (nice 19), `normal` (the node's own). Under a
+    /// load that keeps every core busy, `idle` builds slowest.
     #[arg(
         long,
-        env = "STOCKADE_SNAPSHOT_BUILD_NICE",
-        default_value_t = SNAPSHOT_BUILD_NICE,
-        value_parser = clap::value_parser!(i32).range(0..=19)
+        env = "STOCKADE_SNAPSHOT_BUILD_PRIORITY",
+        value_enum,
+        default_value_t = BuildPriorityArg::Idle
     )]
-    pub snapshot_build_nice: i32,
+    pub snapshot_build_priority: BuildPriorityArg,
     /// Log entries kept behind a snapshot (so slightly lagging followers need no snapshot).
     #[arg(long, env = "STOCKADE_LOG_KEEP_ENTRIES", default_value_t = 5_000)]
     pub log_keep_entries: u64,
@@ -141,6 +143,14 @@ pub enum InitMode {
     Never,
 }
 
+/// `--snapshot-build-priority` (see `stockade_raft_store::BuildPriority`).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildPriorityArg {
+    Idle,
+    Low,
+    Normal,
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadPolicyArg {
     ReadIndex,
@@ -175,7 +185,7 @@ pub struct Config {
     pub read_policy: openraft::ReadPolicy,
     pub refusals_from_reads: bool,
     pub clock_skew_ms: i64,
-    pub snapshot_build_nice: i32,
+    pub snapshot_build_priority: BuildPriority,
     pub log_format: LogFormat,
 }
 
@@ -288,7 +298,11 @@ impl Args {
             },
             refusals_from_reads: self.refusals_from_reads,
             clock_skew_ms: self.clock_skew_ms,
-            snapshot_build_nice: self.snapshot_build_nice,
+            snapshot_build_priority: match self.snapshot_build_priority {
+                BuildPriorityArg::Idle => BuildPriority::Idle,
+                BuildPriorityArg::Low => BuildPriority::Low,
+                BuildPriorityArg::Normal => BuildPriority::Normal,
+            },
             log_format: self.log_format,
         })
     }
@@ -314,7 +328,9 @@ mod tests {
         assert_eq!(c.http_listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.grpc_listen.to_string(), "127.0.0.1:50051");
         assert!(c.refusals_from_reads, "on unless turned off");
-        assert_eq!(c.snapshot_build_nice, SNAPSHOT_BUILD_NICE);
+        assert_eq!(c.snapshot_build_priority, BuildPriority::Idle);
+        let low = parse(&["--snapshot-build-priority", "low"])?;
+        assert_eq!(low.snapshot_build_priority, BuildPriority::Low);
         Ok(())
     }
 
@@ -347,8 +363,10 @@ mod tests {
         bad(&["--forward-batch-max", "0"], "--forward-batch-max");
         bad(&["--forward-batch-max", "5000"], "--forward-batch-max");
         bad(&["--inflight-entries-max", "0"], "--inflight-entries-max");
-        bad(&["--snapshot-build-nice", "20"], "0..=19");
-        bad(&["--snapshot-build-nice=-1"], "--snapshot-build-nice");
+        bad(
+            &["--snapshot-build-priority", "19"],
+            "--snapshot-build-priority",
+        );
         bad(
             &["--election-min-ms", "50", "--heartbeat-ms", "100"],
             "Raft timing",

@@ -23,7 +23,7 @@ pub mod types;
 pub mod validate;
 
 pub use error::StoreError;
-pub use store::{open, DbMemory, LogStore, StateMachineStore, StoreOptions};
+pub use store::{open, BuildPriority, DbMemory, LogStore, RanAt, StateMachineStore, StoreOptions};
 pub use types::{Command, LogEntry, Reject, Response};
 
 /// How a member of the cluster is reached: its Raft (gRPC) address and its HTTP address.

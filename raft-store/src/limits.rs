@@ -79,15 +79,16 @@ pub const SNAPSHOT_SYNC_BYTES: u64 = 1024 * 1024;
 /// kept between snapshots stays in proportion to the state. Forced builds (an
 /// operator's `snapshot`, a follower that needs one) are never deferred.
 pub const SNAPSHOT_REWRITE_DIVISOR: u64 = 2;
-/// Nice value of the thread that writes a snapshot file (Linux; `StoreOptions` may set
-/// another, 0 = the same as the request path). A build reads and rewrites the whole state
-/// (a 619 MB build took 5.9–8.8 s of CPU on each node, and every node builds at the same
-/// log index), and at equal priority it takes its share of the cores from apply, the WAL
-/// sync thread and the API: in `docs/benchmarks.md` (fourteenth session) every open-loop
-/// round with p99 above 40 ms overlapped such a build. At 19 the scheduler gives the
-/// builder what the request path leaves idle (CFS weight 15 against 1,024), so a build
-/// takes longer under load, never the requests. The builder holds no lock apply needs
-/// (it reads a RocksDB snapshot), so nothing waits on it but the next snapshot.
+/// Nice value of the thread that writes a snapshot file (Linux), under both lowered
+/// `BuildPriority`s; the default, `Idle`, also moves the thread to `SCHED_IDLE`. A build
+/// reads and rewrites the whole state (a 619 MB build took 5.9–8.8 s of CPU on each
+/// node, and every node builds at the same log index), and at the request path's
+/// priority it took its share of the cores from apply, the WAL sync thread and the API:
+/// in `docs/benchmarks.md` (fourteenth session) every open-loop round with p99 above
+/// 40 ms overlapped such a build. Lowered, it gets what the request path leaves idle, so
+/// a build takes longer under load, never the requests (fifteenth session). The builder
+/// holds no lock of ours (it reads a RocksDB snapshot); what it shares with apply is
+/// RocksDB's block cache shards, whose critical sections are a few instructions long.
 pub const SNAPSHOT_BUILD_NICE: i32 = 19;
 /// The same bound for RocksDB's own table files (flushes, compactions, ingestion):
 /// `bytes_per_sync`, which RocksDB leaves off by default.

@@ -3,29 +3,51 @@
 //! Apply, the log's sync thread and every other blocking call of the node share tokio's
 //! blocking pool; a snapshot build used to run there too, at the same priority as the
 //! request path. It gets a thread of its own instead, because a priority is a property
-//! of the thread: a pool thread set to nice 19 would later run apply at nice 19, and an
-//! unprivileged process cannot lower a nice value again (`RLIMIT_NICE`). The thread ends
-//! with the build, so nothing else ever runs at its priority. Builds are rare (one per
-//! many thousand log entries), so the thread's start costs nothing that matters.
+//! of the thread: a pool thread set to nice 19 or `SCHED_IDLE` would later run apply at
+//! that priority, and an unprivileged process cannot raise it again (`RLIMIT_NICE`). The
+//! thread ends with the build, so nothing else ever runs at its priority. Builds are rare
+//! (one per many thousand log entries), so the thread's start costs nothing that matters.
 
 use std::io;
 
 use crate::error::StoreError;
+use crate::limits::SNAPSHOT_BUILD_NICE;
 
-/// Runs `f` on a new thread named `name` whose nice value is raised to `nice` (never
-/// lowered: a process already running nicer keeps its own), and answers with `f`'s result
-/// and the nice value the thread ran at (`None` where the platform has none or it could
-/// not be read).
-pub(crate) async fn at_nice<T: Send + 'static>(
+/// The CPU priority of background work (`StoreOptions::snapshot_build_priority`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BuildPriority {
+    /// Linux `SCHED_IDLE` (and nice `SNAPSHOT_BUILD_NICE`): the thread runs only on CPU
+    /// time no other thread wants, and a waking request thread takes its core at once.
+    #[default]
+    Idle,
+    /// Nice `SNAPSHOT_BUILD_NICE` under the normal policy: a small share under load.
+    Low,
+    /// The node's own priority (on a thread of its own all the same).
+    Normal,
+}
+
+/// The priority a thread ran at, read back from the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RanAt {
+    pub nice: i32,
+    /// Whether its scheduling policy was `SCHED_IDLE`.
+    pub sched_idle: bool,
+}
+
+/// Runs `f` on a new thread named `name` at `priority` (a nice value is only ever raised:
+/// a process already running nicer keeps its own), and answers with `f`'s result and
+/// the priority the thread ran at (`None` where the platform has no such thing or it
+/// could not be read).
+pub(crate) async fn run_at<T: Send + 'static>(
     name: &str,
-    nice: i32,
+    priority: BuildPriority,
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<(T, Option<i32>), io::Error> {
+) -> Result<(T, Option<RanAt>), io::Error> {
     let (tx, rx) = futures::channel::oneshot::channel();
     std::thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
-            let ran_at = lower_priority(nice);
+            let ran_at = lower_priority(priority);
             // The receiver is gone only if the caller was dropped: nobody to tell.
             let _ = tx.send(f().map(|v| (v, ran_at)));
         })?;
@@ -35,44 +57,67 @@ pub(crate) async fn at_nice<T: Send + 'static>(
     Ok(answer?)
 }
 
-/// Raises the calling thread's nice value to `nice` and returns the value now in effect.
+/// Lowers the calling thread's priority and returns what is now in effect.
 #[cfg(target_os = "linux")]
-fn lower_priority(nice: i32) -> Option<i32> {
-    let now = current_nice()?;
-    if nice <= now {
-        return Some(now);
+fn lower_priority(priority: BuildPriority) -> Option<RanAt> {
+    if priority != BuildPriority::Normal {
+        let now = current()?;
+        // SAFETY: gettid and setpriority take no pointers; on Linux a PRIO_PROCESS
+        // priority with a thread id applies to that thread alone (setpriority(2), "BUGS").
+        let rc = if SNAPSHOT_BUILD_NICE > now.nice {
+            unsafe {
+                let tid = libc::gettid();
+                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, SNAPSHOT_BUILD_NICE)
+            }
+        } else {
+            0
+        };
+        if rc != 0 {
+            warn_not_lowered("setpriority");
+        }
+        if priority == BuildPriority::Idle {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: `param` outlives the call; pid 0 is the calling thread. Any thread
+            // may move itself to SCHED_IDLE without privileges (sched(7)).
+            if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+                warn_not_lowered("sched_setscheduler(SCHED_IDLE)");
+            }
+        }
     }
-    // SAFETY: gettid and setpriority take no pointers; on Linux a PRIO_PROCESS priority
-    // with a thread id applies to that thread alone (setpriority(2), "BUGS").
-    let rc = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
-    };
-    if rc != 0 {
-        tracing::warn!(
-            nice,
-            error = %io::Error::last_os_error(),
-            "could not lower the snapshot builder's priority; it runs at the node's"
-        );
-    }
-    current_nice()
+    current()
+}
+
+#[cfg(target_os = "linux")]
+fn warn_not_lowered(call: &str) {
+    tracing::warn!(
+        call,
+        error = %io::Error::last_os_error(),
+        "could not lower the snapshot builder's priority"
+    );
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_priority(_nice: i32) -> Option<i32> {
+fn lower_priority(_priority: BuildPriority) -> Option<RanAt> {
     None
 }
 
-/// The calling thread's nice value (on Linux a per-thread attribute).
+/// The calling thread's nice value and policy (on Linux both are per thread).
 #[cfg(target_os = "linux")]
-fn current_nice() -> Option<i32> {
-    // SAFETY: getpriority takes no pointers; -1 is a valid answer, so errno is cleared
-    // first and read after to tell it from a failure.
+fn current() -> Option<RanAt> {
+    // SAFETY: getpriority and sched_getscheduler take no pointers; -1 is a valid nice
+    // value, so errno is cleared first and read after to tell it from a failure.
     unsafe {
         *libc::__errno_location() = 0;
         let tid = libc::gettid();
-        let v = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-        (*libc::__errno_location() == 0).then_some(v)
+        let nice = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        if *libc::__errno_location() != 0 {
+            return None;
+        }
+        let policy = libc::sched_getscheduler(0);
+        (policy >= 0).then_some(RanAt {
+            nice,
+            sched_idle: policy == libc::SCHED_IDLE,
+        })
     }
 }
 
@@ -82,38 +127,58 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn the_work_runs_niced_on_its_own_thread_and_the_caller_keeps_its_priority() {
+    async fn the_work_runs_at_its_priority_on_its_own_thread_and_the_caller_keeps_its_own() {
         let caller_thread = std::thread::current().id();
-        let caller_nice = current_nice().expect("read the caller's nice");
-        let want = (caller_nice + 7).min(19);
-        let (seen, ran_at) = at_nice("test-bg", want, move || {
-            Ok((std::thread::current().id(), current_nice()))
-        })
-        .await
-        .expect("background work");
-        assert_ne!(seen.0, caller_thread, "ran on the caller's thread");
-        assert_eq!(seen.1, Some(want), "the work's thread was not reniced");
-        assert_eq!(ran_at, Some(want));
-        assert_eq!(current_nice(), Some(caller_nice), "the caller was reniced");
-
-        // Never raises a priority: asking for less than the thread has keeps its own.
-        let (_, ran_at) = at_nice("test-bg", caller_nice - 1, || Ok(()))
+        let caller = current().expect("read the caller's priority");
+        assert!(!caller.sched_idle, "the test itself runs under SCHED_IDLE");
+        let nice = SNAPSHOT_BUILD_NICE.max(caller.nice);
+        for (priority, want) in [
+            (
+                BuildPriority::Idle,
+                RanAt {
+                    nice,
+                    sched_idle: true,
+                },
+            ),
+            (
+                BuildPriority::Low,
+                RanAt {
+                    nice,
+                    sched_idle: false,
+                },
+            ),
+            (BuildPriority::Normal, caller),
+        ] {
+            let (seen, ran_at) = run_at("test-bg", priority, move || {
+                Ok((std::thread::current().id(), current()))
+            })
             .await
             .expect("background work");
-        assert_eq!(ran_at, Some(caller_nice));
+            assert_ne!(
+                seen.0, caller_thread,
+                "{priority:?}: ran on the caller's thread"
+            );
+            assert_eq!(seen.1, Some(want), "{priority:?}: the work's priority");
+            assert_eq!(ran_at, Some(want), "{priority:?}: the priority reported");
+            assert_eq!(current(), Some(caller), "{priority:?}: the caller changed");
+        }
     }
 
     #[tokio::test]
     async fn an_error_or_a_panic_in_the_work_reaches_the_caller() {
-        let err = at_nice("test-bg", 19, || -> Result<(), StoreError> {
-            Err(StoreError::Snapshot("boom".into()))
-        })
+        let err = run_at(
+            "test-bg",
+            BuildPriority::Idle,
+            || -> Result<(), StoreError> { Err(StoreError::Snapshot("boom".into())) },
+        )
         .await
         .expect_err("the error was lost");
         assert!(err.to_string().contains("boom"), "{err}");
-        let err = at_nice("test-bg", 19, || -> Result<(), StoreError> {
-            panic!("bang")
-        })
+        let err = run_at(
+            "test-bg",
+            BuildPriority::Idle,
+            || -> Result<(), StoreError> { panic!("bang") },
+        )
         .await
         .expect_err("the panic was lost");
         assert!(err.to_string().contains("without an answer"), "{err}");

@@ -17,6 +17,7 @@ pub mod snapshot;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use self::background::{BuildPriority, RanAt};
 pub use self::log::LogStore;
 pub use self::sm::{hash_pairs, StateMachineStore};
 use crate::error::StoreError;
@@ -34,9 +35,8 @@ pub struct StoreOptions {
     pub dir: PathBuf,
     /// RocksDB block cache shared by all column families, bytes.
     pub block_cache_bytes: usize,
-    /// Nice value the snapshot builder's thread runs at (see `SNAPSHOT_BUILD_NICE`;
-    /// never below the process's own).
-    pub snapshot_build_nice: i32,
+    /// CPU priority of the snapshot builder's thread (`BuildPriority::Idle` by default).
+    pub snapshot_build_priority: BuildPriority,
 }
 
 impl StoreOptions {
@@ -44,7 +44,7 @@ impl StoreOptions {
         StoreOptions {
             dir: dir.into(),
             block_cache_bytes: 128 * 1024 * 1024,
-            snapshot_build_nice: crate::limits::SNAPSHOT_BUILD_NICE,
+            snapshot_build_priority: BuildPriority::default(),
         }
     }
 }
@@ -53,7 +53,7 @@ impl StoreOptions {
 pub fn open(opts: &StoreOptions) -> Result<(LogStore, StateMachineStore), StoreError> {
     let db = Arc::new(open_db(&opts.dir.join("db"), opts.block_cache_bytes)?);
     let log = LogStore::new(db.clone())?;
-    let sm = StateMachineStore::new(db, opts.dir.join("snapshots"), opts.snapshot_build_nice)?;
+    let sm = StateMachineStore::new(db, opts.dir.join("snapshots"), opts.snapshot_build_priority)?;
     Ok((log, sm))
 }
 

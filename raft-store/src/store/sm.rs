@@ -40,7 +40,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, TryStreamExt};
@@ -48,7 +48,7 @@ use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use rocksdb::{IngestExternalFileOptions, SstFileWriter, WriteBatch, WriteOptions, DB};
 
-use super::background;
+use super::background::{self, BuildPriority, RanAt};
 use super::snapshot::{self, SnapshotReader, SnapshotWriter};
 use super::{cf, PointInTime, StateView, CF_SM};
 use crate::error::StoreError;
@@ -78,14 +78,14 @@ pub struct StateMachineStore {
     gates: Arc<RwLock<Gates>>,
     /// Whether a policy-triggered snapshot is worth its rewrite yet (`SnapshotPacing`).
     pacing: Arc<SnapshotPacing>,
-    /// Nice value of the snapshot builder's thread (`limits::SNAPSHOT_BUILD_NICE`).
-    build_nice: i32,
+    /// CPU priority of the snapshot builder's thread (`background.rs`).
+    build_priority: BuildPriority,
 }
 
 /// What decides whether a snapshot the policy asks for is built now or deferred (see
 /// `limits::SNAPSHOT_REWRITE_DIVISOR`). In memory only: after a start the last size is
 /// unknown (0), so the first policy turn builds.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct SnapshotPacing {
     /// Bytes of state-machine write batches since the last snapshot's view was taken.
     written: AtomicU64,
@@ -93,22 +93,9 @@ struct SnapshotPacing {
     last_bytes: AtomicU64,
     /// The next build was asked for by an operator and must not be deferred.
     force_next: AtomicBool,
-    /// Nice value the last build's thread ran at; `NICE_UNKNOWN` before the first or
-    /// where it could not be read.
-    last_build_nice: AtomicI32,
-}
-
-const NICE_UNKNOWN: i32 = i32::MIN;
-
-impl Default for SnapshotPacing {
-    fn default() -> Self {
-        SnapshotPacing {
-            written: AtomicU64::new(0),
-            last_bytes: AtomicU64::new(0),
-            force_next: AtomicBool::new(false),
-            last_build_nice: AtomicI32::new(NICE_UNKNOWN),
-        }
-    }
+    /// The priority the last build's thread ran at (`None` before the first, or where it
+    /// could not be read).
+    last_build: Mutex<Option<RanAt>>,
 }
 
 impl SnapshotPacing {
@@ -141,7 +128,7 @@ impl StateMachineStore {
     pub(crate) fn new(
         db: Arc<DB>,
         snapshot_dir: PathBuf,
-        build_nice: i32,
+        build_priority: BuildPriority,
     ) -> Result<Self, StoreError> {
         cf(&db, CF_SM)?;
         std::fs::create_dir_all(&snapshot_dir)?;
@@ -152,7 +139,7 @@ impl StateMachineStore {
             wait_floors: Arc::default(),
             gates: Arc::default(),
             pacing: Arc::default(),
-            build_nice,
+            build_priority,
         };
         // The second half of the conservation pair: what was written is checked on load.
         check_sales(&sm.view())?;
@@ -428,11 +415,15 @@ impl StateMachineStore {
         Ok(())
     }
 
-    /// The nice value the last snapshot build of this process ran at (`None` before the
+    /// The priority the last snapshot build of this process ran at (`None` before the
     /// first build, or where the platform has none): shows that builds yield to the
-    /// request path (`limits::SNAPSHOT_BUILD_NICE`).
-    pub fn last_build_nice(&self) -> Option<i32> {
-        Some(self.pacing.last_build_nice.load(Ordering::Relaxed)).filter(|&n| n != NICE_UNKNOWN)
+    /// request path (`StoreOptions::snapshot_build_priority`).
+    pub fn last_build_priority(&self) -> Option<RanAt> {
+        *self
+            .pacing
+            .last_build
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes the next snapshot build happen whatever was written since the last one (an
@@ -631,20 +622,23 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let this = self.clone();
         let started = std::time::Instant::now();
         // Its own thread at a lower priority, not the blocking pool (`background.rs`).
-        let ((meta, path), nice) =
-            background::at_nice("snapshot-build", self.build_nice, move || {
+        let ((meta, path), ran_at) =
+            background::run_at("snapshot-build", self.build_priority, move || {
                 this.build_blocking()
             })
             .await?;
-        self.pacing
-            .last_build_nice
-            .store(nice.unwrap_or(NICE_UNKNOWN), Ordering::Relaxed);
+        *self
+            .pacing
+            .last_build
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = ran_at;
         tracing::info!(
             path = %path.display(),
             last = ?meta.last_log_id,
             bytes = self.pacing.last_bytes.load(Ordering::Relaxed),
             took_ms = started.elapsed().as_millis() as u64,
-            nice,
+            nice = ran_at.map(|p| p.nice),
+            sched_idle = ran_at.map(|p| p.sched_idle),
             "snapshot built"
         );
         Ok(Snapshot {

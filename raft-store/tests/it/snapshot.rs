@@ -684,29 +684,37 @@ async fn waitlist_floor_never_hides_a_waiting_user() {
     );
 }
 
-/// A snapshot is written on a thread of its own at `StoreOptions::snapshot_build_nice`
-/// (the request path keeps its priority), and the file is the same as at any priority.
+/// A snapshot is written on a thread of its own at `StoreOptions::snapshot_build_priority`
+/// (SCHED_IDLE and nice 19 by default; the request path keeps its priority), and the
+/// file is the same at any priority.
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_is_built_at_the_lower_priority() {
     use stockade_raft_store::limits::SNAPSHOT_BUILD_NICE;
+    use stockade_raft_store::{BuildPriority, RanAt};
     let (da, db) = (TempDir::new().unwrap(), TempDir::new().unwrap());
     let (_la, mut a) = open(&StoreOptions::new(da.path())).unwrap();
     let mut plain = StoreOptions::new(db.path());
-    plain.snapshot_build_nice = 0;
+    plain.snapshot_build_priority = BuildPriority::Normal;
     let (_lb, mut b) = open(&plain).unwrap();
-    assert_eq!(a.last_build_nice(), None, "no build yet");
+    assert_eq!(a.last_build_priority(), None, "no build yet");
     let log = workload(200);
     apply_all(&mut a, entries(1, &log)).await;
     apply_all(&mut b, entries(1, &log)).await;
     let mut sa = build(&mut a).await;
     let mut sb = build(&mut b).await;
     // The test process runs at nice 0 unless started niced: the builder never goes below it.
-    assert_eq!(
-        a.last_build_nice(),
-        Some(SNAPSHOT_BUILD_NICE.max(process_nice()))
-    );
-    assert_eq!(b.last_build_nice(), Some(process_nice()));
+    let nice = process_nice();
+    let idle = RanAt {
+        nice: SNAPSHOT_BUILD_NICE.max(nice),
+        sched_idle: true,
+    };
+    assert_eq!(a.last_build_priority(), Some(idle));
+    let normal = RanAt {
+        nice,
+        sched_idle: false,
+    };
+    assert_eq!(b.last_build_priority(), Some(normal));
     let (mut fa, mut fb) = (Vec::new(), Vec::new());
     sa.snapshot.read_to_end(&mut fa).unwrap();
     sb.snapshot.read_to_end(&mut fb).unwrap();
