@@ -166,6 +166,20 @@ struct Phase {
     hammer: Duration,
 }
 
+/// After a run, before the next: the system flushes what it would write later on its own,
+/// then every dirty page of the machine goes to disk (`sync(2)`). Every system shares one
+/// disk, and a run's leftover writes slowed the next system's syncs. Returns the seconds
+/// it took.
+async fn settle<S: System>(sys: &S) -> Result<f64> {
+    let started = Instant::now();
+    sys.flush()
+        .await
+        .with_context(|| format!("{}: flush", sys.name()))?;
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    tokio::task::spawn_blocking(|| unsafe { libc::sync() }).await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
 async fn run_one<S: System>(
     sys: &S,
     cell: &Cell,
@@ -253,6 +267,7 @@ async fn run_one<S: System>(
         .map(|p| stockade_bench::sys::cpu_seconds_tree(*p))
         .collect();
     let fs1 = sys.fsyncs().await?;
+    let settle_s = settle(sys).await?;
     let elapsed = res.elapsed.as_secs_f64().max(1e-9);
     let q = |x: f64| t.reserve_us.value_at_quantile(x) as f64 / 1_000.0;
     let sold_out_s = res.sold_out_at_ms.map(|ms| ms as f64 / 1_000.0);
@@ -298,16 +313,18 @@ async fn run_one<S: System>(
             .filter(|_| t.holds_granted > 0)
             .map(|n| n as f64 / t.holds_granted as f64),
         fsyncs,
+        settle_s,
     };
     eprintln!(
-        "bench-peers:   {:.0} reservations/s, {:.0} attempts/s, p99 {:.2} ms, sell-out {}, oversell {}, conserved {}, errors {:?}",
+        "bench-peers:   {:.0} reservations/s, {:.0} attempts/s, p99 {:.2} ms, sell-out {}, oversell {}, conserved {}, errors {:?}, settled in {:.2} s",
         f.reservations_per_s,
         f.attempts_per_s,
         f.reserve_p99_ms,
         sold_out_s.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "no".into()),
         f.oversell,
         f.conserved,
-        f.transient_errors
+        f.transient_errors,
+        f.settle_s
     );
     Ok(f)
 }

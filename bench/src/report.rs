@@ -48,6 +48,11 @@ pub struct RunFigures {
     /// system reports a real counter.
     pub fsyncs_per_reservation: Option<f64>,
     pub fsyncs: Option<u64>,
+    /// Seconds the harness waited after the run for the system's writes to reach the
+    /// disk (its own flush, e.g. PostgreSQL's `CHECKPOINT`, then `sync(2)`), so they do
+    /// not land in the next system's run. Not part of any figure above.
+    #[serde(default)]
+    pub settle_s: f64,
 }
 
 /// Median, min and max of a set of figures.
@@ -265,6 +270,7 @@ mod tests {
             cpu_s: vec![0.5, 0.25],
             fsyncs_per_reservation: None,
             fsyncs: None,
+            settle_s: 0.0,
         }
     }
 

@@ -55,6 +55,11 @@ pub trait System {
     async fn fsyncs(&self) -> Result<Option<u64>>;
     /// The PIDs of its server processes.
     fn pids(&self) -> Vec<u32>;
+    /// Writes what the system still holds in memory and will write later on its own (a
+    /// checkpoint), so that it lands between runs, not in the next system's.
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
