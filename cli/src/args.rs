@@ -52,7 +52,7 @@ pub struct Cli {
         default_value = ENDPOINT_DEFAULT
     )]
     pub endpoints: Vec<String>,
-    /// Per-request timeout, milliseconds.
+    /// Per-request timeout, milliseconds (`snapshot` and `backup`: at least 180 s).
     #[arg(long = "timeout", global = true, env = "STOCKADE_TIMEOUT_MS", default_value_t = TIMEOUT_MS_DEFAULT)]
     pub timeout_ms: u64,
     /// How to print answers.

@@ -68,6 +68,21 @@ impl From<crate::restore::RestoreError> for CliError {
 
 type Res = Result<(), CliError>;
 
+/// `snapshot` and `backup` wait for a snapshot build (the node waits up to 120 s for one,
+/// and a build runs at the lowest CPU priority, so under load it takes longer than an
+/// idle node's seconds) and `backup` downloads the whole file: they get at least this
+/// long per request, whatever `--timeout` says (a shorter client timeout only gave up
+/// while the build went on).
+pub const SNAPSHOT_REQUEST_TIMEOUT_MIN: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// The per-request timeout for `command`: `--timeout`, raised for snapshots and backups.
+fn request_timeout(command: &Command, timeout: std::time::Duration) -> std::time::Duration {
+    match command {
+        Command::Snapshot | Command::Backup { .. } => timeout.max(SNAPSHOT_REQUEST_TIMEOUT_MIN),
+        _ => timeout,
+    }
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Res {
     let cfg = cli.config()?;
@@ -106,7 +121,7 @@ pub async fn run(cli: Cli) -> Res {
             crate::bench::run(client, &cfg, a).await
         }
         other => {
-            let client = Client::new(cfg.endpoints.clone(), cfg.timeout)?;
+            let client = Client::new(cfg.endpoints.clone(), request_timeout(&other, cfg.timeout))?;
             dispatch(&client, &cfg, other).await
         }
     }
@@ -951,6 +966,30 @@ async fn waitlist(c: &Client, out: Output, cmd: WaitlistCommand) -> Res {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshots_and_backups_wait_for_a_build_whatever_the_timeout() {
+        let short = std::time::Duration::from_secs(10);
+        let long = std::time::Duration::from_secs(600);
+        assert_eq!(request_timeout(&Command::Status, short), short);
+        assert_eq!(
+            request_timeout(&Command::Snapshot, short),
+            SNAPSHOT_REQUEST_TIMEOUT_MIN
+        );
+        let backup = Command::Backup {
+            file: "b.snap".into(),
+            no_snapshot: false,
+        };
+        assert_eq!(
+            request_timeout(&backup, short),
+            SNAPSHOT_REQUEST_TIMEOUT_MIN
+        );
+        assert_eq!(
+            request_timeout(&Command::Snapshot, long),
+            long,
+            "never lowered"
+        );
+    }
 
     fn status(id: u64, role: &str, leader: Option<u64>) -> ClusterStatusDto {
         ClusterStatusDto {
