@@ -80,6 +80,9 @@ pub struct StateMachineStore {
     pacing: Arc<SnapshotPacing>,
     /// CPU priority of the snapshot builder's thread (`background.rs`).
     build_priority: BuildPriority,
+    /// The priority the last build's thread ran at (`None` before the first, or where it
+    /// could not be read).
+    last_build: Arc<Mutex<Option<RanAt>>>,
 }
 
 /// What decides whether a snapshot the policy asks for is built now or deferred (see
@@ -93,9 +96,6 @@ struct SnapshotPacing {
     last_bytes: AtomicU64,
     /// The next build was asked for by an operator and must not be deferred.
     force_next: AtomicBool,
-    /// The priority the last build's thread ran at (`None` before the first, or where it
-    /// could not be read).
-    last_build: Mutex<Option<RanAt>>,
 }
 
 impl SnapshotPacing {
@@ -140,6 +140,7 @@ impl StateMachineStore {
             gates: Arc::default(),
             pacing: Arc::default(),
             build_priority,
+            last_build: Arc::default(),
         };
         // The second half of the conservation pair: what was written is checked on load.
         check_sales(&sm.view())?;
@@ -419,11 +420,7 @@ impl StateMachineStore {
     /// first build, or where the platform has none): shows that builds yield to the
     /// request path (`StoreOptions::snapshot_build_priority`).
     pub fn last_build_priority(&self) -> Option<RanAt> {
-        *self
-            .pacing
-            .last_build
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        *self.last_build.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes the next snapshot build happen whatever was written since the last one (an
@@ -627,11 +624,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 this.build_blocking()
             })
             .await?;
-        *self
-            .pacing
-            .last_build
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = ran_at;
+        *self.last_build.lock().unwrap_or_else(|p| p.into_inner()) = ran_at;
         tracing::info!(
             path = %path.display(),
             last = ?meta.last_log_id,
