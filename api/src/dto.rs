@@ -539,6 +539,16 @@ pub struct StateHashDto {
     pub state_hash: u64,
 }
 
+/// `POST /admin/compact`: what a compaction of one node's state machine did.
+#[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
+pub struct CompactedDto {
+    pub node_id: u64,
+    /// The state machine's table files before and after, bytes.
+    pub sst_bytes_before: u64,
+    pub sst_bytes_after: u64,
+    pub took_ms: u64,
+}
+
 /// `POST /admin/init`: the first voters of a new cluster (empty or absent: this node alone).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -737,6 +737,19 @@ impl<C: Cluster> pb::admin_server::Admin for AdminService<C> {
         self.status_answer().await
     }
 
+    async fn compact(&self, _req: Request<pb::CompactRequest>) -> GrpcResult<pb::CompactResponse> {
+        let c = self.s.cluster.compact().await.map_err(ApiError::from)?;
+        ok(
+            pb::CompactResponse {
+                node_id: c.node_id,
+                sst_bytes_before: c.sst_bytes_before,
+                sst_bytes_after: c.sst_bytes_after,
+                took_ms: c.took_ms,
+            },
+            self.s.cluster.node_id(),
+        )
+    }
+
     type BackupStream = BoxStream<pb::BackupChunk>;
 
     async fn backup(&self, _req: Request<pb::BackupRequest>) -> GrpcResult<Self::BackupStream> {

@@ -179,6 +179,7 @@ pub(crate) fn build<C: Cluster>(shared: Arc<Shared<C>>) -> (Router, Vec<RouteSpe
         .add(Post, "/admin/membership", change_membership::<C>)
         .add(Post, "/admin/leader", transfer_leader::<C>)
         .add(Post, "/admin/snapshot", trigger_snapshot::<C>)
+        .add(Post, "/admin/compact", compact::<C>)
         .add(Get, "/admin/backup", backup::<C>)
         .add(Get, "/healthz", healthz::<C>)
         .add(Get, "/readyz", readyz::<C>)
@@ -942,6 +943,26 @@ async fn trigger_snapshot<C: Cluster>(State(s): St<C>) -> ApiResult {
     status_reply(&s).await
 }
 
+/// Compact this node's state machine now: RocksDB rewrites its files without the versions
+/// deleted or overwritten since (a sale leaves a tombstone for every expired hold and,
+/// an hour on, every idempotency record). Local to this node; run it on each. Requests
+/// go on meanwhile; the compaction runs at the node's `--compaction-priority`.
+#[utoipa::path(post, path = "/admin/compact", tag = "admin",
+    responses((status = 200, description = "Compacted", body = CompactedDto)))]
+async fn compact<C: Cluster>(State(s): St<C>) -> ApiResult {
+    let c = s.cluster.compact().await?;
+    Ok(reply(
+        StatusCode::OK,
+        s.cluster.node_id(),
+        CompactedDto {
+            node_id: c.node_id,
+            sst_bytes_before: c.sst_bytes_before,
+            sst_bytes_after: c.sst_bytes_after,
+            took_ms: c.took_ms,
+        },
+    ))
+}
+
 /// Download this node's latest snapshot (a backup `stockctl restore` can load).
 #[utoipa::path(get, path = "/admin/backup", tag = "admin",
     responses(
@@ -1061,6 +1082,7 @@ async fn openapi_json() -> Response {
         change_membership,
         transfer_leader,
         trigger_snapshot,
+        compact,
         backup,
         healthz,
         readyz,

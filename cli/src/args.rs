@@ -103,6 +103,13 @@ pub enum Command {
     TransferLeader { node_id: u64 },
     /// Build a snapshot now on the node that answers.
     Snapshot,
+    /// Compact the state machine of every member, one node at a time (or of one node):
+    /// RocksDB rewrites its files without deleted versions, e.g. after a sale.
+    Compact {
+        /// Only this node.
+        #[arg(long)]
+        node: Option<u64>,
+    },
     /// Download a node's latest snapshot to FILE (a snapshot is built first).
     Backup {
         file: PathBuf,

@@ -72,13 +72,16 @@ type Res = Result<(), CliError>;
 /// and a build runs at the lowest CPU priority, so under load it takes longer than an
 /// idle node's seconds) and `backup` downloads the whole file: they get at least this
 /// long per request, whatever `--timeout` says (a shorter client timeout only gave up
-/// while the build went on).
+/// while the build went on). `compact` waits for a rewrite of a node's whole state at
+/// the compaction threads' priority, so it gets as long per node.
 pub const SNAPSHOT_REQUEST_TIMEOUT_MIN: std::time::Duration = std::time::Duration::from_secs(180);
 
 /// The per-request timeout for `command`: `--timeout`, raised for snapshots and backups.
 fn request_timeout(command: &Command, timeout: std::time::Duration) -> std::time::Duration {
     match command {
-        Command::Snapshot | Command::Backup { .. } => timeout.max(SNAPSHOT_REQUEST_TIMEOUT_MIN),
+        Command::Snapshot | Command::Backup { .. } | Command::Compact { .. } => {
+            timeout.max(SNAPSHOT_REQUEST_TIMEOUT_MIN)
+        }
         _ => timeout,
     }
 }
@@ -218,6 +221,7 @@ async fn dispatch(c: &Client, cfg: &Config, cmd: Command) -> Res {
             Ok(())
         }
         Command::Backup { file, no_snapshot } => backup(c, out, &file, no_snapshot).await,
+        Command::Compact { node } => compact(c, cfg, node).await,
         Command::Sale(s) => sale(c, out, s).await,
         Command::Reserve {
             sale_id,
@@ -535,6 +539,54 @@ pub fn status_table(r: &StatusReport) -> String {
         ],
         &rows,
     )
+}
+
+/// Compacts the members' state machines one node at a time (each node pays for its own
+/// rewrite; one at a time, the cluster always has a majority not compacting), or only
+/// `only`'s. Stops at the first node that fails, naming it.
+async fn compact(c: &Client, cfg: &Config, only: Option<u64>) -> Res {
+    let view: ClusterStatusDto = c.get("/admin/status").await?.value;
+    let members: Vec<_> = view
+        .members
+        .iter()
+        .filter(|m| only.is_none_or(|id| id == m.node_id))
+        .collect();
+    if members.is_empty() {
+        return Err(CliError::Usage(UsageError::Invalid(format!(
+            "node {} is not a member of the cluster",
+            opt(only)
+        ))));
+    }
+    let mut done = Vec::with_capacity(members.len());
+    for m in members {
+        let endpoint = crate::args::normalize_endpoint(&m.api_addr)?;
+        let one = Client::new(
+            vec![endpoint],
+            cfg.timeout.max(SNAPSHOT_REQUEST_TIMEOUT_MIN),
+        )?;
+        let a = match one
+            .json::<(), CompactedDto>(Method::POST, "/admin/compact", None)
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("compact: node {} at {} failed", m.node_id, m.api_addr);
+                return Err(e.into());
+            }
+        };
+        if cfg.output == Output::Table {
+            let r = &a.value;
+            println!(
+                "node {}: state machine compacted in {} ms, {} -> {} bytes of tables",
+                r.node_id, r.took_ms, r.sst_bytes_before, r.sst_bytes_after
+            );
+        }
+        done.push(a.value);
+    }
+    if cfg.output == Output::Json {
+        print_json(&done);
+    }
+    Ok(())
 }
 
 async fn status(c: &Client, cfg: &Config) -> Res {
@@ -982,6 +1034,10 @@ mod tests {
         };
         assert_eq!(
             request_timeout(&backup, short),
+            SNAPSHOT_REQUEST_TIMEOUT_MIN
+        );
+        assert_eq!(
+            request_timeout(&Command::Compact { node: None }, short),
             SNAPSHOT_REQUEST_TIMEOUT_MIN
         );
         assert_eq!(

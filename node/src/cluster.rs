@@ -674,6 +674,25 @@ impl Cluster for NodeCluster {
         }
     }
 
+    async fn compact(&self) -> Result<stockade_api::Compacted, ClusterError> {
+        let sm = self.sm.clone();
+        let done = tokio::task::spawn_blocking(move || sm.compact_blocking())
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        let Some(c) = done else {
+            return Err(ClusterError::Refused(
+                "a compaction is already running on this node; wait for it".into(),
+            ));
+        };
+        Ok(stockade_api::Compacted {
+            node_id: self.id,
+            sst_bytes_before: c.sst_bytes_before,
+            sst_bytes_after: c.sst_bytes_after,
+            took_ms: c.took_ms,
+        })
+    }
+
     async fn backup(&self) -> Result<Backup, ClusterError> {
         use openraft::storage::RaftStateMachine;
         let mut sm = self.sm.clone();

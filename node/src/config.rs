@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use stockade_raft_store::limits::BATCH_COMMANDS_MAX;
-use stockade_raft_store::BuildPriority;
 use stockade_raft_store::NodeAddr;
+use stockade_raft_store::{BuildPriority, CompactionPriority};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -76,6 +76,16 @@ pub struct Args {
         default_value_t = BuildPriorityArg::Idle
     )]
     pub snapshot_build_priority: BuildPriorityArg,
+    /// CPU priority of RocksDB's compaction threads: `low` (nice 19: compactions take
+    /// what requests leave) or `normal` (the node's own). Flushes keep the node's own.
+    /// Process-wide: every RocksDB database the process opens shares these threads.
+    #[arg(
+        long,
+        env = "STOCKADE_COMPACTION_PRIORITY",
+        value_enum,
+        default_value_t = CompactionPriorityArg::Low
+    )]
+    pub compaction_priority: CompactionPriorityArg,
     /// Log entries kept behind a snapshot (so slightly lagging followers need no snapshot).
     #[arg(long, env = "STOCKADE_LOG_KEEP_ENTRIES", default_value_t = 5_000)]
     pub log_keep_entries: u64,
@@ -151,6 +161,13 @@ pub enum BuildPriorityArg {
     Normal,
 }
 
+/// `--compaction-priority` (see `stockade_raft_store::CompactionPriority`).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompactionPriorityArg {
+    Low,
+    Normal,
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadPolicyArg {
     ReadIndex,
@@ -186,6 +203,7 @@ pub struct Config {
     pub refusals_from_reads: bool,
     pub clock_skew_ms: i64,
     pub snapshot_build_priority: BuildPriority,
+    pub compaction_priority: CompactionPriority,
     pub log_format: LogFormat,
 }
 
@@ -303,6 +321,10 @@ impl Args {
                 BuildPriorityArg::Low => BuildPriority::Low,
                 BuildPriorityArg::Normal => BuildPriority::Normal,
             },
+            compaction_priority: match self.compaction_priority {
+                CompactionPriorityArg::Low => CompactionPriority::Low,
+                CompactionPriorityArg::Normal => CompactionPriority::Normal,
+            },
             log_format: self.log_format,
         })
     }
@@ -331,6 +353,9 @@ mod tests {
         assert_eq!(c.snapshot_build_priority, BuildPriority::Idle);
         let low = parse(&["--snapshot-build-priority", "low"])?;
         assert_eq!(low.snapshot_build_priority, BuildPriority::Low);
+        assert_eq!(c.compaction_priority, CompactionPriority::Low);
+        let normal = parse(&["--compaction-priority", "normal"])?;
+        assert_eq!(normal.compaction_priority, CompactionPriority::Normal);
         Ok(())
     }
 
@@ -367,6 +392,7 @@ mod tests {
             &["--snapshot-build-priority", "19"],
             "--snapshot-build-priority",
         );
+        bad(&["--compaction-priority", "idle"], "--compaction-priority");
         bad(
             &["--election-min-ms", "50", "--heartbeat-ms", "100"],
             "Raft timing",

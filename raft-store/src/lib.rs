@@ -23,7 +23,10 @@ pub mod types;
 pub mod validate;
 
 pub use error::StoreError;
-pub use store::{open, BuildPriority, DbMemory, LogStore, RanAt, StateMachineStore, StoreOptions};
+pub use store::{
+    open, BuildPriority, Compaction, CompactionPriority, DbMemory, LogStore, RanAt,
+    StateMachineStore, StoreOptions,
+};
 pub use types::{Command, LogEntry, Reject, Response};
 
 /// How a member of the cluster is reached: its Raft (gRPC) address and its HTTP address.

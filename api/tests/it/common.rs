@@ -59,6 +59,11 @@ impl Fake {
         }
     }
 
+    /// The last admin call the fake saw.
+    pub fn last_admin_call(&self) -> Option<String> {
+        self.admin_calls.lock().unwrap().last().cloned()
+    }
+
     fn admin(&self, what: String) -> Result<(), ClusterError> {
         self.failure()?;
         self.admin_calls.lock().unwrap().push(what);
@@ -174,6 +179,16 @@ impl Cluster for Fake {
 
     async fn trigger_snapshot(&self) -> Result<(), ClusterError> {
         self.admin("snapshot".into())
+    }
+
+    async fn compact(&self) -> Result<stockade_api::Compacted, ClusterError> {
+        self.admin("compact".into())?;
+        Ok(stockade_api::Compacted {
+            node_id: SERVED_BY,
+            sst_bytes_before: 2_048,
+            sst_bytes_after: 1_024,
+            took_ms: 5,
+        })
     }
 
     async fn backup(&self) -> Result<Backup, ClusterError> {

@@ -428,12 +428,7 @@ async fn admin_status_and_backup_in_chunks() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert_eq!(
-        s.fake
-            .admin_calls
-            .lock()
-            .unwrap()
-            .last()
-            .map(String::as_str),
+        s.fake.last_admin_call().as_deref(),
         Some("init [7=a:1/a:2]")
     );
     let h = a
@@ -442,6 +437,12 @@ async fn admin_status_and_backup_in_chunks() {
         .unwrap()
         .into_inner();
     assert_eq!((h.node_id, h.applied_index, h.state_hash), (7, 3, 42));
+    let c = a.compact(pb::CompactRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        (c.node_id, c.sst_bytes_before, c.sst_bytes_after, c.took_ms),
+        (7, 2_048, 1_024, 5)
+    );
+    assert_eq!(s.fake.last_admin_call().as_deref(), Some("compact"));
 
     let e = a.backup(pb::BackupRequest {}).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);

@@ -777,6 +777,12 @@ async fn admin_routes() {
     assert_eq!(r.status, StatusCode::OK);
     let r = h.raw("POST", "/admin/snapshot", None).await;
     assert_eq!(r.status, StatusCode::OK);
+    let r = h.raw("POST", "/admin/compact", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        r.body,
+        json!({"node_id": 7, "sst_bytes_before": 2048, "sst_bytes_after": 1024, "took_ms": 5})
+    );
     let r = h.post("/admin/init", json!({})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let r = h
@@ -794,6 +800,7 @@ async fn admin_routes() {
             "membership {2, 7} true",
             "leader 2",
             "snapshot",
+            "compact",
             "init []",
             "init [7=a:1/a:2,8=b:1/b:2]"
         ]
@@ -825,7 +832,7 @@ async fn admin_routes() {
             r.text
         );
     }
-    assert_eq!(h.fake.admin_calls.lock().unwrap().len(), 6);
+    assert_eq!(h.fake.admin_calls.lock().unwrap().len(), 7);
 }
 
 #[tokio::test]

@@ -48,7 +48,7 @@ fn every_route_is_documented_and_every_documented_route_exists() {
         extra.is_empty(),
         "documented routes the router lacks: {extra:?}"
     );
-    assert_eq!(routed.len(), 31);
+    assert_eq!(routed.len(), 32);
 }
 
 #[tokio::test]

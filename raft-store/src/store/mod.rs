@@ -37,6 +37,39 @@ pub struct StoreOptions {
     pub block_cache_bytes: usize,
     /// CPU priority of the snapshot builder's thread (`BuildPriority::Idle` by default).
     pub snapshot_build_priority: BuildPriority,
+    /// CPU priority of RocksDB's compaction threads (`CompactionPriority::Low` by default).
+    pub compaction_priority: CompactionPriority,
+}
+
+/// The CPU priority of RocksDB's compaction threads (its `LOW` thread pool), which
+/// merge table files in the background and, with the whole state in the bottom level,
+/// rewrite all of it when enough new files have piled up above it: 168 MB on each of
+/// the three nodes at once in `docs/benchmarks.md` (fifteenth session), during the
+/// slowest open-loop round of that run. Flushes (RocksDB's `HIGH` pool) keep the node's
+/// priority: a memtable that cannot be flushed stops writes within one more memtable.
+///
+/// Process-wide: RocksDB's default environment, and so its thread pools, is shared by
+/// every database the process opens, and a lowered pool is never raised again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CompactionPriority {
+    /// Nice 19 (RocksDB's `CpuPriority::kLow`): compactions take what the request path
+    /// leaves; a compaction that falls far behind slows writes through RocksDB's own
+    /// level-0 triggers (20 files slow writes down, 36 stop them: with 64 MiB memtables,
+    /// over a gigabyte of new state per node).
+    #[default]
+    Low,
+    /// The node's own priority.
+    Normal,
+}
+
+/// What a manual compaction of the state machine did ([`StateMachineStore::compact`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compaction {
+    /// The state machine's table files before and after, bytes.
+    pub sst_bytes_before: u64,
+    pub sst_bytes_after: u64,
+    /// How long it took, milliseconds.
+    pub took_ms: u64,
 }
 
 impl StoreOptions {
@@ -45,13 +78,18 @@ impl StoreOptions {
             dir: dir.into(),
             block_cache_bytes: 128 * 1024 * 1024,
             snapshot_build_priority: BuildPriority::default(),
+            compaction_priority: CompactionPriority::default(),
         }
     }
 }
 
 /// Opens (or creates) the store under `opts.dir` and returns its two openraft halves.
 pub fn open(opts: &StoreOptions) -> Result<(LogStore, StateMachineStore), StoreError> {
-    let db = Arc::new(open_db(&opts.dir.join("db"), opts.block_cache_bytes)?);
+    let db = Arc::new(open_db(
+        &opts.dir.join("db"),
+        opts.block_cache_bytes,
+        opts.compaction_priority,
+    )?);
     let log = LogStore::new(db.clone())?;
     let sm = StateMachineStore::new(db, opts.dir.join("snapshots"), opts.snapshot_build_priority)?;
     Ok((log, sm))
@@ -64,8 +102,18 @@ pub fn open(opts: &StoreOptions) -> Result<(LogStore, StateMachineStore), StoreE
 /// node after a million orders, beside 290 MiB of tables).
 const WAL_TOTAL_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
-fn open_db(path: &Path, block_cache_bytes: usize) -> Result<rocksdb::DB, StoreError> {
+fn open_db(
+    path: &Path,
+    block_cache_bytes: usize,
+    compaction_priority: CompactionPriority,
+) -> Result<rocksdb::DB, StoreError> {
     let mut db_opts = rocksdb::Options::default();
+    if compaction_priority == CompactionPriority::Low {
+        let mut env = rocksdb::Env::new()?;
+        // The pool's threads take the new priority when they next pick up a job.
+        env.lower_thread_pool_cpu_priority();
+        db_opts.set_env(&env);
+    }
     db_opts.set_max_total_wal_size(WAL_TOTAL_BYTES_MAX);
     db_opts.create_if_missing(true);
     db_opts.create_missing_column_families(true);

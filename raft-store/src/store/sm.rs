@@ -83,6 +83,9 @@ pub struct StateMachineStore {
     /// The priority the last build's thread ran at (`None` before the first, or where it
     /// could not be read).
     last_build: Arc<Mutex<Option<RanAt>>>,
+    /// A manual compaction is running ([`StateMachineStore::compact_blocking`]): one at a
+    /// time, each holds a blocking thread until RocksDB is done.
+    compacting: Arc<AtomicBool>,
 }
 
 /// What decides whether a snapshot the policy asks for is built now or deferred (see
@@ -141,6 +144,7 @@ impl StateMachineStore {
             pacing: Arc::default(),
             build_priority,
             last_build: Arc::default(),
+            compacting: Arc::default(),
         };
         // The second half of the conservation pair: what was written is checked on load.
         check_sales(&sm.view())?;
@@ -224,6 +228,60 @@ impl StateMachineStore {
     /// A hash of the whole state machine: equal on replicas that applied the same log.
     pub fn state_hash(&self) -> Result<u64, StoreError> {
         Ok(hash_pairs(&self.dump()?))
+    }
+
+    /// Compacts the state machine's column family through its bottom level now (`stockctl
+    /// compact`), rewriting every table file without the versions deleted or overwritten
+    /// since: a flash sale deletes a deadline key for every hold and order it handles and,
+    /// an hour on, every idempotency record, and until a compaction reaches them those
+    /// tombstones take disk and are stepped over by scans. Blocking: RocksDB runs it on
+    /// its compaction threads, at `StoreOptions::compaction_priority`, while the caller
+    /// waits; writes go on meanwhile (RocksDB compacts a consistent set of files), and
+    /// what lands during it stays in the memtable or the top level. `None`: another
+    /// manual compaction of this store is running (one at a time).
+    pub fn compact_blocking(&self) -> Result<Option<super::Compaction>, StoreError> {
+        if self.compacting.swap(true, Ordering::AcqRel) {
+            return Ok(None);
+        }
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _done = Done(&self.compacting);
+        #[allow(clippy::disallowed_methods)]
+        // times the compaction for the operator; apply never reads a clock
+        let started = std::time::Instant::now();
+        let cf_sm = cf(&self.db, CF_SM)?;
+        let sst_bytes = || -> Result<u64, StoreError> {
+            Ok(self
+                .db
+                .property_int_value_cf(cf_sm, "rocksdb.total-sst-files-size")?
+                .unwrap_or(0))
+        };
+        let sst_bytes_before = sst_bytes()?;
+        let mut o = rocksdb::CompactOptions::default();
+        // Files already at the bottom are rewritten too (that is where a large state's
+        // tombstones sit), but not the ones this compaction itself just wrote there.
+        o.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::ForceOptimized);
+        // Automatic compactions may run beside it.
+        o.set_exclusive_manual_compaction(false);
+        self.db
+            .compact_range_cf_opt(cf_sm, None::<&[u8]>, None::<&[u8]>, &o);
+        let took = started.elapsed();
+        let c = super::Compaction {
+            sst_bytes_before,
+            sst_bytes_after: sst_bytes()?,
+            took_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        };
+        tracing::info!(
+            before = c.sst_bytes_before,
+            after = c.sst_bytes_after,
+            took_ms = c.took_ms,
+            "state machine compacted"
+        );
+        Ok(Some(c))
     }
 
     /// RocksDB's memory now (memtables, block cache, table readers).

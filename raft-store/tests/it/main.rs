@@ -1,6 +1,7 @@
 //! Integration tests of the raft-store crate, in one binary (one link of RocksDB).
 
 mod common;
+mod compaction;
 mod conformance;
 mod crash;
 mod golden;

@@ -723,7 +723,7 @@ async fn a_snapshot_is_built_at_the_lower_priority() {
 
 /// The nice value of the process (read from /proc: field 19 of `stat`).
 #[cfg(target_os = "linux")]
-fn process_nice() -> i32 {
+pub fn process_nice() -> i32 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
     // After the command name in parentheses: state is field 3, nice is field 19.
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
