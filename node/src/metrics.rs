@@ -201,6 +201,31 @@ pub fn render(c: &NodeCluster) -> String {
     ] {
         gauge(&mut out, name, help, &one(v));
     }
+    let health = c.sm.compaction_health();
+    for (name, help, v) in [
+        (
+            "stockade_rocksdb_l0_files",
+            "Table files in level 0 of the state machine (RocksDB slows writes at 20, stops them at 36).",
+            health.l0_files,
+        ),
+        (
+            "stockade_rocksdb_compaction_pending_bytes",
+            "Bytes RocksDB estimates its compactions must rewrite to catch up (state machine).",
+            health.pending_bytes,
+        ),
+        (
+            "stockade_rocksdb_delayed_write_rate",
+            "Bytes/s RocksDB holds writes to while it delays them (0: not delayed).",
+            health.delayed_write_rate,
+        ),
+        (
+            "stockade_rocksdb_write_stopped",
+            "1 while RocksDB has stopped writes (compactions or flushes far behind).",
+            u64::from(health.write_stopped),
+        ),
+    ] {
+        gauge(&mut out, name, help, &one(v));
+    }
     out
 }
 

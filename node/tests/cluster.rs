@@ -754,6 +754,11 @@ async fn replication_flows_on_streams_and_every_replica_agrees() {
     assert!(value("stockade_process_resident_bytes") > 0);
     let _ = value("stockade_rocksdb_block_cache_bytes");
     let _ = value("stockade_rocksdb_table_readers_bytes");
+    // Whether compactions keep up: nothing delayed or stopped after a small crowd.
+    let _ = value("stockade_rocksdb_l0_files");
+    let _ = value("stockade_rocksdb_compaction_pending_bytes");
+    assert_eq!(value("stockade_rocksdb_delayed_write_rate"), 0);
+    assert_eq!(value("stockade_rocksdb_write_stopped"), 0);
     // What the WAL syncs cost: counted, timed, and the slow ones among them.
     let syncs = value("stockade_wal_syncs_total");
     assert!(syncs > 0, "the leader synced its WAL {syncs} times");

@@ -24,8 +24,8 @@ pub mod validate;
 
 pub use error::StoreError;
 pub use store::{
-    open, BuildPriority, Compaction, CompactionPriority, DbMemory, LogStore, RanAt,
-    StateMachineStore, StoreOptions,
+    open, BuildPriority, Compaction, CompactionHealth, CompactionPriority, DbMemory, LogStore,
+    RanAt, StateMachineStore, StoreOptions,
 };
 pub use types::{Command, LogEntry, Reject, Response};
 

@@ -154,6 +154,37 @@ pub(crate) fn cf_options(
     o
 }
 
+/// Whether RocksDB's compactions keep up with the state machine's writes, from its own
+/// properties, for `/metrics`. With compactions at nice 19 (`CompactionPriority::Low`)
+/// this is what tells an operator they fell behind: level-0 files pile up (writes slow
+/// down at 20, stop at 36), pending compaction bytes grow, and RocksDB delays or stops
+/// writes, which holds up every apply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactionHealth {
+    /// Table files in level 0 of the state machine's column family.
+    pub l0_files: u64,
+    /// RocksDB's estimate of the bytes compactions must rewrite to bring the state
+    /// machine's levels back under their targets.
+    pub pending_bytes: u64,
+    /// The rate writes are held to while RocksDB delays them, bytes/s; 0 when not delayed.
+    pub delayed_write_rate: u64,
+    /// Whether RocksDB has stopped writes.
+    pub write_stopped: bool,
+}
+
+pub(crate) fn compaction_health(db: &rocksdb::DB) -> CompactionHealth {
+    let Some(sm) = db.cf_handle(CF_SM) else {
+        return CompactionHealth::default();
+    };
+    let prop = |p: &str| db.property_int_value_cf(sm, p).ok().flatten().unwrap_or(0);
+    CompactionHealth {
+        l0_files: prop("rocksdb.num-files-at-level0"),
+        pending_bytes: prop("rocksdb.estimate-pending-compaction-bytes"),
+        delayed_write_rate: prop("rocksdb.actual-delayed-write-rate"),
+        write_stopped: prop("rocksdb.is-write-stopped") != 0,
+    }
+}
+
 /// Where RocksDB's memory is, from its own properties (bytes), for `/metrics`: with the
 /// block cache and memtables bounded by configuration, these are what a node's resident
 /// memory is mostly made of, whatever the state's size.

@@ -289,6 +289,11 @@ impl StateMachineStore {
         super::db_memory(&self.db)
     }
 
+    /// Whether RocksDB's compactions keep up (level-0 files, pending bytes, delays).
+    pub fn compaction_health(&self) -> super::CompactionHealth {
+        super::compaction_health(&self.db)
+    }
+
     pub fn snapshot_dir(&self) -> &std::path::Path {
         &self.snapshot_dir
     }

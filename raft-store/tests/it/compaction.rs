@@ -70,3 +70,31 @@ async fn a_compaction_keeps_the_state_and_runs_at_low_priority() {
 async fn at_normal_priority_compactions_keep_the_nodes_own() {
     compacts_at(CompactionPriority::Normal, process_nice()).await;
 }
+
+/// `/metrics`' view of whether compactions keep up: a flushed state is a level-0 file
+/// until a compaction moves it down; nothing is delayed or stopped meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_health_counts_level0_files_until_a_compaction() {
+    let dir = TempDir::new().unwrap();
+    let opts = StoreOptions::new(dir.path());
+    {
+        let (_log, mut sm) = open(&opts).unwrap();
+        apply_all(&mut sm, entries(1, &workload(300))).await;
+        assert_eq!(sm.compaction_health().l0_files, 0, "all in the memtable");
+    } // closing flushes the memtable (its writes bypass the WAL) into a level-0 file
+    let (_log, sm) = open(&opts).unwrap();
+    let before = sm.compaction_health();
+    assert!(before.l0_files >= 1, "{before:?}");
+    assert_eq!(
+        (before.delayed_write_rate, before.write_stopped),
+        (0, false)
+    );
+    let store = sm.clone();
+    tokio::task::spawn_blocking(move || store.compact_blocking())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("no other compaction runs");
+    let after = sm.compaction_health();
+    assert_eq!(after.l0_files, 0, "{after:?}");
+}
