@@ -94,16 +94,6 @@ pub struct Backup {
     pub last_index: Option<u64>,
 }
 
-/// What a manual compaction of one node's state machine did (`POST /admin/compact`).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Compacted {
-    pub node_id: u64,
-    /// The state machine's table files before and after, bytes.
-    pub sst_bytes_before: u64,
-    pub sst_bytes_after: u64,
-    pub took_ms: u64,
-}
-
 /// A replica's state fingerprint (`GET /admin/state-hash`), for convergence checks.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StateHash {
@@ -183,7 +173,9 @@ pub trait Cluster: Send + Sync + 'static {
     fn trigger_snapshot(&self) -> impl Future<Output = Result<(), ClusterError>> + Send;
     /// Compacts this node's state machine now (RocksDB's files rewritten without deleted
     /// versions) and waits for it. Local to the node: replicas compact independently.
-    fn compact(&self) -> impl Future<Output = Result<Compacted, ClusterError>> + Send;
+    fn compact(
+        &self,
+    ) -> impl Future<Output = Result<stockade_raft_store::Compaction, ClusterError>> + Send;
     /// The latest snapshot of this node, for download.
     fn backup(&self) -> impl Future<Output = Result<Backup, ClusterError>> + Send;
 

@@ -741,7 +741,7 @@ impl<C: Cluster> pb::admin_server::Admin for AdminService<C> {
         let c = self.s.cluster.compact().await.map_err(ApiError::from)?;
         ok(
             pb::CompactResponse {
-                node_id: c.node_id,
+                node_id: self.s.cluster.node_id(),
                 sst_bytes_before: c.sst_bytes_before,
                 sst_bytes_after: c.sst_bytes_after,
                 took_ms: c.took_ms,

@@ -955,7 +955,7 @@ async fn compact<C: Cluster>(State(s): St<C>) -> ApiResult {
         StatusCode::OK,
         s.cluster.node_id(),
         CompactedDto {
-            node_id: c.node_id,
+            node_id: s.cluster.node_id(),
             sst_bytes_before: c.sst_bytes_before,
             sst_bytes_after: c.sst_bytes_after,
             took_ms: c.took_ms,

@@ -18,8 +18,8 @@ pub mod metrics;
 use std::sync::Arc;
 
 pub use cluster::{
-    Backup, Cluster, ClusterError, ClusterStatus, Compacted, Member, ReadLevel, Readiness,
-    Replication, Served, StateHash,
+    Backup, Cluster, ClusterError, ClusterStatus, Member, ReadLevel, Readiness, Replication,
+    Served, StateHash,
 };
 pub use error::ApiError;
 pub use grpc::grpc_routes;

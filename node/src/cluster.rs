@@ -674,23 +674,17 @@ impl Cluster for NodeCluster {
         }
     }
 
-    async fn compact(&self) -> Result<stockade_api::Compacted, ClusterError> {
+    async fn compact(&self) -> Result<stockade_raft_store::Compaction, ClusterError> {
         let sm = self.sm.clone();
-        let done = tokio::task::spawn_blocking(move || sm.compact_blocking())
+        tokio::task::spawn_blocking(move || sm.compact_blocking())
             .await
             .map_err(internal)?
-            .map_err(internal)?;
-        let Some(c) = done else {
-            return Err(ClusterError::Refused(
-                "a compaction is already running on this node; wait for it".into(),
-            ));
-        };
-        Ok(stockade_api::Compacted {
-            node_id: self.id,
-            sst_bytes_before: c.sst_bytes_before,
-            sst_bytes_after: c.sst_bytes_after,
-            took_ms: c.took_ms,
-        })
+            .map_err(internal)?
+            .ok_or_else(|| {
+                ClusterError::Refused(
+                    "a compaction is already running on this node; wait for it".into(),
+                )
+            })
     }
 
     async fn backup(&self) -> Result<Backup, ClusterError> {

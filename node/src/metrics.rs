@@ -177,6 +177,7 @@ pub fn render(c: &NodeCluster) -> String {
         c.log.wal_syncs_slow(),
     );
     let mem = c.sm.db_memory();
+    let health = c.sm.compaction_health();
     for (name, help, v) in [
         (
             "stockade_rocksdb_memtable_bytes",
@@ -198,11 +199,6 @@ pub fn render(c: &NodeCluster) -> String {
             "Resident memory of this process, bytes (Linux /proc/self/status; 0 elsewhere).",
             resident_bytes(),
         ),
-    ] {
-        gauge(&mut out, name, help, &one(v));
-    }
-    let health = c.sm.compaction_health();
-    for (name, help, v) in [
         (
             "stockade_rocksdb_l0_files",
             "Table files in level 0 of the state machine (RocksDB slows writes at 20, stops them at 36).",

@@ -181,10 +181,9 @@ impl Cluster for Fake {
         self.admin("snapshot".into())
     }
 
-    async fn compact(&self) -> Result<stockade_api::Compacted, ClusterError> {
+    async fn compact(&self) -> Result<stockade_raft_store::Compaction, ClusterError> {
         self.admin("compact".into())?;
-        Ok(stockade_api::Compacted {
-            node_id: SERVED_BY,
+        Ok(stockade_raft_store::Compaction {
             sst_bytes_before: 2_048,
             sst_bytes_after: 1_024,
             took_ms: 5,

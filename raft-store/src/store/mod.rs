@@ -62,7 +62,8 @@ pub enum CompactionPriority {
     Normal,
 }
 
-/// What a manual compaction of the state machine did ([`StateMachineStore::compact`]).
+/// What a manual compaction of the state machine did
+/// ([`StateMachineStore::compact_blocking`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Compaction {
     /// The state machine's table files before and after, bytes.
