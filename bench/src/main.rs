@@ -231,10 +231,12 @@ async fn run_one<S: System>(
             let _ = sys.reap(&target).await;
         }
     };
+    let gen0 = stockade_bench::sys::cpu_seconds_self();
     let res = tokio::select! {
         r = crowd.run(target.clone()) => r.map_err(|e| anyhow::anyhow!("{e}"))?,
         _ = sweeper => unreachable!("the sweeper loops until the crowd is done"),
     };
+    let generator_cpu_s = stockade_bench::sys::cpu_seconds_self() - gen0;
     // Every hold expires: wait, sweep, and read the system's own counters. In the
     // hammer cell every granted hold is still held: the counters must say exactly that.
     let t = &res.tally;
@@ -309,6 +311,7 @@ async fn run_one<S: System>(
         rejections: t.rejections.clone(),
         transient_errors: t.transient.clone(),
         cpu_s: cpu1.iter().zip(&cpu0).map(|(b, a)| b - a).collect(),
+        generator_cpu_s,
         fsyncs_per_reservation: fsyncs
             .filter(|_| t.holds_granted > 0)
             .map(|n| n as f64 / t.holds_granted as f64),
@@ -316,7 +319,7 @@ async fn run_one<S: System>(
         settle_s,
     };
     eprintln!(
-        "bench-peers:   {:.0} reservations/s, {:.0} attempts/s, p99 {:.2} ms, sell-out {}, oversell {}, conserved {}, errors {:?}, settled in {:.2} s",
+        "bench-peers:   {:.0} reservations/s, {:.0} attempts/s, p99 {:.2} ms, sell-out {}, oversell {}, conserved {}, errors {:?}, generator {:.1} µs/attempt, settled in {:.2} s",
         f.reservations_per_s,
         f.attempts_per_s,
         f.reserve_p99_ms,
@@ -324,6 +327,7 @@ async fn run_one<S: System>(
         f.oversell,
         f.conserved,
         f.transient_errors,
+        f.generator_cpu_s * 1e6 / f.attempts.max(1) as f64,
         f.settle_s
     );
     Ok(f)

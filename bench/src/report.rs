@@ -44,6 +44,12 @@ pub struct RunFigures {
     pub transient_errors: BTreeMap<String, u64>,
     /// CPU seconds of each server process during the run.
     pub cpu_s: Vec<f64>,
+    /// CPU seconds of the load generator (this process: the crowd's workers, the
+    /// adapters' clients, the sweeper) while the crowd ran. The same generator drives
+    /// every system, so a figure that moves from run to run with the server unchanged
+    /// points at the generator, not the server.
+    #[serde(default)]
+    pub generator_cpu_s: f64,
     /// Disk syncs per successful reservation (every write of the run counted), if the
     /// system reports a real counter.
     pub fsyncs_per_reservation: Option<f64>,
@@ -107,6 +113,9 @@ pub struct Row {
     pub conserved_runs: usize,
     /// CPU seconds of all server processes together.
     pub cpu_s: Option<Spread>,
+    /// The load generator's CPU per attempt, microseconds.
+    #[serde(default)]
+    pub generator_cpu_us_per_attempt: Option<Spread>,
     pub fsyncs_per_reservation: Option<Spread>,
 }
 
@@ -144,6 +153,9 @@ pub fn rows(runs: &[RunFigures]) -> Vec<Row> {
                 oversell_max: g.iter().map(|r| r.oversell).max().unwrap_or(0),
                 conserved_runs: g.iter().filter(|r| r.conserved).count(),
                 cpu_s: f(&|r| Some(r.cpu_s.iter().sum())),
+                generator_cpu_us_per_attempt: f(&|r| {
+                    (r.attempts > 0).then(|| r.generator_cpu_s * 1e6 / r.attempts as f64)
+                }),
                 fsyncs_per_reservation: f(&|r| r.fsyncs_per_reservation),
                 system,
                 mode,
@@ -180,10 +192,11 @@ pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     out.push_str(
         "| system | mode | clients | N | runs | reservations/s | attempts/s | sold-out refusals/s | \
-         p50 ms | p99 ms | p99.9 ms | sell-out s | oversell | conserved | server CPU s | fsyncs/reservation |\n",
+         p50 ms | p99 ms | p99.9 ms | sell-out s | oversell | conserved | server CPU s | \
+         generator CPU µs/attempt | fsyncs/reservation |\n",
     );
     out.push_str(
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|\n",
     );
     for r in rows {
         let sell_out = if r.sold_out_runs == 0 {
@@ -200,7 +213,7 @@ pub fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} |",
             r.system,
             r.mode,
             r.clients,
@@ -217,6 +230,7 @@ pub fn table(rows: &[Row]) -> String {
             r.conserved_runs,
             r.runs,
             cell(r.cpu_s),
+            cell(r.generator_cpu_us_per_attempt),
             r.fsyncs_per_reservation
                 .map(|s| cell(Some(s)))
                 .unwrap_or_else(|| "n/a".into()),
@@ -268,6 +282,7 @@ mod tests {
             rejections: BTreeMap::new(),
             transient_errors: BTreeMap::new(),
             cpu_s: vec![0.5, 0.25],
+            generator_cpu_s: 0.001 * (round as f64 + 1.0),
             fsyncs_per_reservation: None,
             fsyncs: None,
             settle_s: 0.0,
@@ -299,6 +314,9 @@ mod tests {
         assert_eq!(a.sold_out_runs, 1);
         assert_eq!(a.conserved_runs, 2);
         assert_eq!(a.cpu_s.unwrap().median, 0.75);
+        // 1, 2 and 3 ms of generator CPU over 10 attempts each.
+        let g = a.generator_cpu_us_per_attempt.unwrap();
+        assert_eq!((g.median, g.min, g.max), (200.0, 100.0, 300.0));
         assert_eq!(rs[1].system, "b");
         assert_eq!(rs[2].clients, 50);
     }
@@ -315,6 +333,7 @@ mod tests {
         assert!(line.contains("| 3 |"), "{line}");
         assert!(line.contains("(1/3 runs)"), "{line}");
         assert!(line.contains("| 2/3 |"), "{line}");
+        assert!(line.contains("| 0.75 | 200 (100–300) | 0.50 |"), "{line}");
         assert!(line.ends_with("| 0.50 |"), "{line}");
     }
 }

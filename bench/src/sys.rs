@@ -154,6 +154,19 @@ pub fn fdatasync_rate(dir: &Path) -> Result<f64> {
     Ok(rate)
 }
 
+/// CPU seconds (user + system, every thread) this process has used so far: the load
+/// generator's own, without its children (the servers it started).
+pub fn cpu_seconds_self() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
 /// Fails if something already listens on 127.0.0.1:`port`.
 pub fn port_free(port: u16) -> Result<()> {
     std::net::TcpListener::bind(("127.0.0.1", port))
@@ -178,5 +191,26 @@ mod tests {
         let b = cpu_seconds_tree(me);
         assert!(b > a, "{a} {b}");
         assert_eq!(cpu_seconds_tree(u32::MAX), 0.0);
+    }
+
+    #[test]
+    fn the_generators_own_cpu_time_counts_work_on_other_threads_and_grows() {
+        let a = cpu_seconds_self();
+        std::thread::spawn(|| {
+            let t = Instant::now();
+            let mut x = 0u64;
+            while t.elapsed() < Duration::from_millis(300) {
+                x = x.wrapping_add(std::hint::black_box(1));
+            }
+            std::hint::black_box(x);
+        })
+        .join()
+        .unwrap();
+        let b = cpu_seconds_self();
+        assert!(
+            b - a >= 0.2,
+            "a spinning thread's 300 ms counted as {} s",
+            b - a
+        );
     }
 }

@@ -201,7 +201,7 @@ impl StateMachineStore {
 
     /// The earliest live deadline (for the leader's ticker), scanning from the floor, and
     /// the floor raised to it when no write to the state began or ran meanwhile (see
-    /// [`DeadlineFloor`]).
+    /// the crate-private `DeadlineFloor`).
     pub fn next_deadline_ms(&self) -> Result<Option<u64>, StoreError> {
         let (from, seen) = {
             let f = self.floor();
