@@ -178,16 +178,21 @@ pub fn port_free(port: u16) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Keeps the calling thread on the CPU for `d`.
+    fn spin(d: Duration) {
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < d {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        std::hint::black_box(x);
+    }
+
     #[test]
     fn own_cpu_time_is_readable_and_grows() {
         let me = std::process::id();
         let a = cpu_seconds_tree(me);
-        let t = Instant::now();
-        let mut x = 0u64;
-        while t.elapsed() < Duration::from_millis(300) {
-            x = x.wrapping_add(std::hint::black_box(1));
-        }
-        std::hint::black_box(x);
+        spin(Duration::from_millis(300));
         let b = cpu_seconds_tree(me);
         assert!(b > a, "{a} {b}");
         assert_eq!(cpu_seconds_tree(u32::MAX), 0.0);
@@ -196,16 +201,9 @@ mod tests {
     #[test]
     fn the_generators_own_cpu_time_counts_work_on_other_threads_and_grows() {
         let a = cpu_seconds_self();
-        std::thread::spawn(|| {
-            let t = Instant::now();
-            let mut x = 0u64;
-            while t.elapsed() < Duration::from_millis(300) {
-                x = x.wrapping_add(std::hint::black_box(1));
-            }
-            std::hint::black_box(x);
-        })
-        .join()
-        .unwrap();
+        std::thread::spawn(|| spin(Duration::from_millis(300)))
+            .join()
+            .unwrap();
         let b = cpu_seconds_self();
         assert!(
             b - a >= 0.2,
