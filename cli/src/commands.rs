@@ -557,10 +557,10 @@ async fn compact(c: &Client, cfg: &Config, only: Option<u64>) -> Res {
             opt(only)
         ))));
     }
+    let timeout = request_timeout(&Command::Compact { node: only }, cfg.timeout);
     let mut done = Vec::with_capacity(members.len());
     for m in members {
         let endpoint = crate::args::normalize_endpoint(&m.api_addr)?;
-        let timeout = request_timeout(&Command::Compact { node: only }, cfg.timeout);
         let one = Client::new(vec![endpoint], timeout)?;
         let a = match one
             .json::<(), CompactedDto>(Method::POST, "/admin/compact", None)
