@@ -1,9 +1,11 @@
 //! The gRPC API: `stockade.v1.Stockade` and `stockade.v1.Admin` over the same
 //! [`Cluster`], validation and error mapping as HTTP, plus server reflection.
 //!
-//! `ReserveStream` proposes up to `ApiLimits::reserve_stream_in_flight_max` reservations
-//! of one stream at once and answers each as it completes; a business rejection is an
-//! item's `error`, never the end of the stream.
+//! `ReserveStream` and `PurchaseStream` propose up to `ApiLimits::stream_in_flight_max`
+//! requests of one stream at once and answer each as it completes; a business rejection
+//! is an item's `error`, never the end of the stream. Every write is one function here
+//! (`reserve`, `checkout`, ...) that the unary call and both streams share, so a command
+//! is validated, proposed and answered the same way on every path.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -257,29 +259,34 @@ fn status_to_pb(s: ClusterStatus) -> pb::ClusterStatus {
     }
 }
 
-impl<C: Cluster> StockadeService<C> {
-    async fn propose(&self, cmd: Command) -> Result<(Answer, u64), ApiError> {
-        let served = core::propose(&*self.s.cluster, &self.s.metrics, cmd).await?;
-        Ok((served.value, served.served_by))
-    }
+/// A write's answer and the node that applied it.
+type Served<T> = Result<(T, u64), ApiError>;
 
-    async fn order_id_answer(&self, what: &str, cmd: Command) -> GrpcResult<pb::OrderIdResponse> {
-        match self.propose(cmd).await? {
-            (Answer::Paid { order_id }, by)
-            | (Answer::PaymentFailed { order_id }, by)
-            | (Answer::Cancelled { order_id }, by) => ok(pb::OrderIdResponse { order_id }, by),
-            (other, _) => Err(core::unexpected(what, &other).into()),
-        }
+/// The unary form of a write's answer.
+fn unary<T>(r: Served<T>) -> GrpcResult<T> {
+    let (value, by) = r?;
+    ok(value, by)
+}
+
+/// A stream item's result: the answer, or the error (with the node that produced it; 0
+/// when none did: refused before proposing, or the cluster failed).
+fn item<T, O>(
+    r: Served<T>,
+    answer: impl FnOnce(T) -> O,
+    error: impl FnOnce(pb::Error) -> O,
+) -> (O, u64) {
+    match r {
+        Ok((value, by)) => (answer(value), by),
+        Err(e) => (error(error_to_pb(&e)), e.served_by().unwrap_or(0)),
     }
 }
 
-/// One reservation of a stream, answered as an item (errors included).
-async fn reserve_item<C: Cluster>(
-    s: Arc<Shared<C>>,
-    r: pb::ReserveRequest,
-) -> pb::ReserveStreamResponse {
-    use pb::reserve_stream_response::Result as R;
-    let request_id = r.request_id.clone();
+async fn propose<C: Cluster>(s: &Shared<C>, cmd: Command) -> Result<(Answer, u64), ApiError> {
+    let served = core::propose(&*s.cluster, &s.metrics, cmd).await?;
+    Ok((served.value, served.served_by))
+}
+
+async fn reserve<C: Cluster>(s: &Shared<C>, r: pb::ReserveRequest) -> Served<pb::HoldGrant> {
     let cmd = Command::Reserve {
         sale_id: r.sale_id,
         user_id: r.user_id,
@@ -287,22 +294,224 @@ async fn reserve_item<C: Cluster>(
         request_id: r.request_id,
     };
     let attempt = core::Attempt::from_flag(r.first_attempt);
-    let (result, served_by) = match core::propose_as(&*s.cluster, &s.metrics, cmd, attempt).await {
-        Ok(served) => match served.value {
-            Answer::Held(g) => (R::Hold(grant_to_pb(g)), served.served_by),
-            other => {
-                let e = core::unexpected("reserve", &other);
-                (R::Error(error_to_pb(&e)), served.served_by)
-            }
-        },
-        // 0: no node served it (refused before proposing, or the cluster failed).
-        Err(e) => (R::Error(error_to_pb(&e)), e.served_by().unwrap_or(0)),
+    let served = core::propose_as(&*s.cluster, &s.metrics, cmd, attempt).await?;
+    match served.value {
+        Answer::Held(g) => Ok((grant_to_pb(g), served.served_by)),
+        other => Err(core::unexpected("reserve", &other)),
+    }
+}
+
+async fn release<C: Cluster>(s: &Shared<C>, r: pb::ReleaseRequest) -> Served<pb::ReleaseResponse> {
+    let cmd = Command::Release {
+        user_id: r.user_id,
+        hold_id: r.hold_id,
+        request_id: r.request_id,
     };
+    match propose(s, cmd).await? {
+        (Answer::Released { hold_id }, by) => Ok((pb::ReleaseResponse { hold_id }, by)),
+        (other, _) => Err(core::unexpected("release", &other)),
+    }
+}
+
+async fn checkout<C: Cluster>(s: &Shared<C>, r: pb::CheckoutRequest) -> Served<pb::Order> {
+    let (user_id, hold_id, request_id) = (r.user_id.clone(), r.hold_id, r.request_id.clone());
+    let cmd = Command::Checkout {
+        user_id: r.user_id,
+        hold_id,
+        request_id: r.request_id,
+    };
+    match propose(s, cmd).await? {
+        (Answer::CheckedOut(info), by) => {
+            // The answer lacks the record's creation time: read it back when this node
+            // already has it, else answer from what checkout returned.
+            let full = match s.cluster.read(ReadLevel::Stale).await {
+                Ok(view) => query::order(&view.value, info.order_id).ok().flatten(),
+                Err(_) => None,
+            };
+            let order = match full {
+                Some(o) => order_to_pb(o),
+                None => pb::Order {
+                    order_id: info.order_id,
+                    sale_id: info.sale_id,
+                    user_id,
+                    hold_id,
+                    qty: info.qty,
+                    amount_minor: info.amount_minor,
+                    currency: info.currency,
+                    status: info.status.name().to_string(),
+                    pay_by_ms: info.pay_by_ms,
+                    created_at_ms: 0,
+                    payment_ref: None,
+                    cancel_reason: None,
+                    status_at_ms: None,
+                    request_id,
+                },
+            };
+            Ok((order, by))
+        }
+        (other, _) => Err(core::unexpected("checkout", &other)),
+    }
+}
+
+/// Payment confirmed or failed, or an order cancelled: answered with the order's id.
+async fn order_op<C: Cluster>(
+    s: &Shared<C>,
+    what: &str,
+    cmd: Command,
+) -> Served<pb::OrderIdResponse> {
+    match propose(s, cmd).await? {
+        (Answer::Paid { order_id }, by)
+        | (Answer::PaymentFailed { order_id }, by)
+        | (Answer::Cancelled { order_id }, by) => Ok((pb::OrderIdResponse { order_id }, by)),
+        (other, _) => Err(core::unexpected(what, &other)),
+    }
+}
+
+fn confirm_payment_cmd(r: pb::ConfirmPaymentRequest) -> Command {
+    Command::ConfirmPayment {
+        user_id: r.user_id,
+        order_id: r.order_id,
+        amount_minor: r.amount_minor,
+        currency: r.currency,
+        payment_ref: r.payment_ref,
+        request_id: r.request_id,
+    }
+}
+
+fn fail_payment_cmd(r: pb::FailPaymentRequest) -> Command {
+    Command::FailPayment {
+        user_id: r.user_id,
+        order_id: r.order_id,
+        reason: r.reason,
+        request_id: r.request_id,
+    }
+}
+
+fn cancel_order_cmd(r: pb::CancelOrderRequest) -> Command {
+    Command::CancelOrder {
+        user_id: r.user_id,
+        order_id: r.order_id,
+        request_id: r.request_id,
+    }
+}
+
+async fn join_waitlist<C: Cluster>(
+    s: &Shared<C>,
+    r: pb::JoinWaitlistRequest,
+) -> Served<pb::JoinWaitlistResponse> {
+    let cmd = Command::JoinWaitlist {
+        sale_id: r.sale_id,
+        user_id: r.user_id,
+        qty: r.qty,
+        request_id: r.request_id,
+    };
+    match propose(s, cmd).await? {
+        (Answer::WaitlistJoined { position, .. }, by) => {
+            Ok((pb::JoinWaitlistResponse { position }, by))
+        }
+        (other, _) => Err(core::unexpected("join_waitlist", &other)),
+    }
+}
+
+async fn leave_waitlist<C: Cluster>(
+    s: &Shared<C>,
+    r: pb::LeaveWaitlistRequest,
+) -> Served<pb::LeaveWaitlistResponse> {
+    let cmd = Command::LeaveWaitlist {
+        sale_id: r.sale_id,
+        user_id: r.user_id,
+        request_id: r.request_id,
+    };
+    match propose(s, cmd).await? {
+        (Answer::WaitlistLeft { .. }, by) => Ok((pb::LeaveWaitlistResponse {}, by)),
+        (other, _) => Err(core::unexpected("leave_waitlist", &other)),
+    }
+}
+
+/// One reservation of a `ReserveStream`, answered as an item (errors included).
+async fn reserve_item<C: Cluster>(
+    s: Arc<Shared<C>>,
+    r: pb::ReserveRequest,
+) -> pb::ReserveStreamResponse {
+    use pb::reserve_stream_response::Result as R;
+    let request_id = r.request_id.clone();
+    let (result, served_by) = item(reserve(&s, r).await, R::Hold, R::Error);
     pb::ReserveStreamResponse {
         request_id,
         result: Some(result),
         served_by,
     }
+}
+
+/// What a `PurchaseStreamRequest` without a command is told.
+const PURCHASE_COMMANDS: &str = "required: one of reserve, checkout, confirm_payment, \
+     fail_payment, cancel_order, release, join_waitlist, leave_waitlist";
+
+/// One write of a `PurchaseStream`, answered as an item (errors included).
+async fn purchase_item<C: Cluster>(
+    s: Arc<Shared<C>>,
+    r: pb::PurchaseStreamRequest,
+) -> pb::PurchaseStreamResponse {
+    use pb::purchase_stream_request::Command as In;
+    use pb::purchase_stream_response::Result as Out;
+    let s = &*s;
+    let (result, served_by) = match r.command {
+        Some(In::Reserve(x)) => item(reserve(s, x).await, Out::Hold, Out::Error),
+        Some(In::Checkout(x)) => item(checkout(s, x).await, Out::Order, Out::Error),
+        Some(In::ConfirmPayment(x)) => {
+            let answer = order_op(s, "confirm_payment", confirm_payment_cmd(x)).await;
+            item(answer, Out::OrderId, Out::Error)
+        }
+        Some(In::FailPayment(x)) => {
+            let answer = order_op(s, "fail_payment", fail_payment_cmd(x)).await;
+            item(answer, Out::OrderId, Out::Error)
+        }
+        Some(In::CancelOrder(x)) => {
+            let answer = order_op(s, "cancel_order", cancel_order_cmd(x)).await;
+            item(answer, Out::OrderId, Out::Error)
+        }
+        Some(In::Release(x)) => item(release(s, x).await, Out::Released, Out::Error),
+        Some(In::JoinWaitlist(x)) => item(join_waitlist(s, x).await, Out::Joined, Out::Error),
+        Some(In::LeaveWaitlist(x)) => item(leave_waitlist(s, x).await, Out::Left, Out::Error),
+        None => {
+            let e = ApiError::invalid("command", PURCHASE_COMMANDS);
+            (Out::Error(error_to_pb(&e)), 0)
+        }
+    };
+    pb::PurchaseStreamResponse {
+        tag: r.tag,
+        served_by,
+        result: Some(result),
+    }
+}
+
+/// Answers a request stream: up to `in_flight` requests handled at once, each answer
+/// sent as it completes. `buffer_unordered` pulls a new request only while fewer than
+/// `in_flight` are pending, so a fast sender waits (HTTP/2 flow control) instead of
+/// queueing without bound. A broken request stream (decode or transport error) ends ours.
+fn answer_stream<Req, Resp, F, Fut>(
+    inbound: Streaming<Req>,
+    in_flight: usize,
+    handle: F,
+) -> BoxStream<Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    F: Fn(Req) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Resp> + Send + 'static,
+{
+    let out = inbound
+        .map(move |request| {
+            let answer = request.map(&handle);
+            async move {
+                match answer {
+                    Ok(fut) => Ok(fut.await),
+                    Err(status) => Err(status),
+                }
+            }
+        })
+        .buffer_unordered(in_flight.max(1));
+    Box::pin(out)
 }
 
 fn error_to_pb(e: &ApiError) -> pb::Error {
@@ -322,7 +531,7 @@ impl<C: Cluster> pb::stockade_server::Stockade for StockadeService<C> {
         req: Request<pb::CreateSaleRequest>,
     ) -> GrpcResult<pb::SaleIdResponse> {
         let spec = spec_from_pb(req.into_inner().spec)?;
-        match self.propose(Command::CreateSale(spec)).await? {
+        match propose(&self.s, Command::CreateSale(spec)).await? {
             (Answer::SaleCreated { sale_id }, by) => ok(pb::SaleIdResponse { sale_id }, by),
             (other, _) => Err(core::unexpected("create_sale", &other).into()),
         }
@@ -333,7 +542,7 @@ impl<C: Cluster> pb::stockade_server::Stockade for StockadeService<C> {
         req: Request<pb::UpdateSaleRequest>,
     ) -> GrpcResult<pb::SaleIdResponse> {
         let spec = spec_from_pb(req.into_inner().spec)?;
-        match self.propose(Command::UpdateSale(spec)).await? {
+        match propose(&self.s, Command::UpdateSale(spec)).await? {
             (Answer::SaleUpdated { sale_id }, by) => ok(pb::SaleIdResponse { sale_id }, by),
             (other, _) => Err(core::unexpected("update_sale", &other).into()),
         }
@@ -368,7 +577,7 @@ impl<C: Cluster> pb::stockade_server::Stockade for StockadeService<C> {
 
     async fn end_sale(&self, req: Request<pb::EndSaleRequest>) -> GrpcResult<pb::EndSaleResponse> {
         let sale_id = req.into_inner().sale_id;
-        match self.propose(Command::EndSale { sale_id }).await? {
+        match propose(&self.s, Command::EndSale { sale_id }).await? {
             (
                 Answer::SaleEnded {
                     sale_id,
@@ -387,19 +596,7 @@ impl<C: Cluster> pb::stockade_server::Stockade for StockadeService<C> {
     }
 
     async fn reserve(&self, req: Request<pb::ReserveRequest>) -> GrpcResult<pb::HoldGrant> {
-        let r = req.into_inner();
-        let cmd = Command::Reserve {
-            sale_id: r.sale_id,
-            user_id: r.user_id,
-            qty: r.qty,
-            request_id: r.request_id,
-        };
-        let attempt = core::Attempt::from_flag(r.first_attempt);
-        let served = core::propose_as(&*self.s.cluster, &self.s.metrics, cmd, attempt).await?;
-        match (served.value, served.served_by) {
-            (Answer::Held(g), by) => ok(grant_to_pb(g), by),
-            (other, _) => Err(core::unexpected("reserve", &other).into()),
-        }
+        unary(reserve(&self.s, req.into_inner()).await)
     }
 
     type ReserveStreamStream = BoxStream<pb::ReserveStreamResponse>;
@@ -408,27 +605,24 @@ impl<C: Cluster> pb::stockade_server::Stockade for StockadeService<C> {
         &self,
         req: Request<Streaming<pb::ReserveRequest>>,
     ) -> GrpcResult<Self::ReserveStreamStream> {
-        let inbound = req.into_inner();
         let s = self.s.clone();
-        let in_flight = s.limits.reserve_stream_in_flight_max.max(1);
-        // buffer_unordered pulls a new request only while fewer than `in_flight` are
-        // pending, and yields answers in completion order.
-        let out = inbound
-            .map(move |item| {
-                let s = s.clone();
-                async move {
-                    match item {
-                        Ok(r) => Ok(reserve_item(s, r).await),
-                        // A broken request stream (decode or transport error) ends ours.
-                        Err(status) => Err(status),
-                    }
-                }
-            })
-            .buffer_unordered(in_flight);
-        ok(
-            Box::pin(out) as Self::ReserveStreamStream,
-            self.s.cluster.node_id(),
-        )
+        let out = answer_stream(req.into_inner(), s.limits.stream_in_flight_max, move |r| {
+            reserve_item(s.clone(), r)
+        });
+        ok(out, self.s.cluster.node_id())
+    }
+
+    type PurchaseStreamStream = BoxStream<pb::PurchaseStreamResponse>;
+
+    async fn purchase_stream(
+        &self,
+        req: Request<Streaming<pb::PurchaseStreamRequest>>,
+    ) -> GrpcResult<Self::PurchaseStreamStream> {
+        let s = self.s.clone();
+        let out = answer_stream(req.into_inner(), s.limits.stream_in_flight_max, move |r| {
+            purchase_item(s.clone(), r)
+        });
+        ok(out, self.s.cluster.node_id())
     }
 
     async fn get_hold(&self, req: Request<pb::GetHoldRequest>) -> GrpcResult<pb::Hold> {
@@ -441,57 +635,11 @@ impl<C: Cluster> pb::stockade_server::Stockade for StockadeService<C> {
     }
 
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> GrpcResult<pb::ReleaseResponse> {
-        let r = req.into_inner();
-        let cmd = Command::Release {
-            user_id: r.user_id,
-            hold_id: r.hold_id,
-            request_id: r.request_id,
-        };
-        match self.propose(cmd).await? {
-            (Answer::Released { hold_id }, by) => ok(pb::ReleaseResponse { hold_id }, by),
-            (other, _) => Err(core::unexpected("release", &other).into()),
-        }
+        unary(release(&self.s, req.into_inner()).await)
     }
 
     async fn checkout(&self, req: Request<pb::CheckoutRequest>) -> GrpcResult<pb::Order> {
-        let r = req.into_inner();
-        let (user_id, hold_id, request_id) = (r.user_id.clone(), r.hold_id, r.request_id.clone());
-        let cmd = Command::Checkout {
-            user_id: r.user_id,
-            hold_id,
-            request_id: r.request_id,
-        };
-        match self.propose(cmd).await? {
-            (Answer::CheckedOut(info), by) => {
-                // The answer lacks the record's creation time: read it back when this
-                // node already has it, else answer from what checkout returned.
-                let full = match self.s.cluster.read(ReadLevel::Stale).await {
-                    Ok(view) => query::order(&view.value, info.order_id).ok().flatten(),
-                    Err(_) => None,
-                };
-                let order = match full {
-                    Some(o) => order_to_pb(o),
-                    None => pb::Order {
-                        order_id: info.order_id,
-                        sale_id: info.sale_id,
-                        user_id,
-                        hold_id,
-                        qty: info.qty,
-                        amount_minor: info.amount_minor,
-                        currency: info.currency,
-                        status: info.status.name().to_string(),
-                        pay_by_ms: info.pay_by_ms,
-                        created_at_ms: 0,
-                        payment_ref: None,
-                        cancel_reason: None,
-                        status_at_ms: None,
-                        request_id,
-                    },
-                };
-                ok(order, by)
-            }
-            (other, _) => Err(core::unexpected("checkout", &other).into()),
-        }
+        unary(checkout(&self.s, req.into_inner()).await)
     }
 
     async fn get_order(&self, req: Request<pb::GetOrderRequest>) -> GrpcResult<pb::Order> {
@@ -526,78 +674,38 @@ impl<C: Cluster> pb::stockade_server::Stockade for StockadeService<C> {
         &self,
         req: Request<pb::ConfirmPaymentRequest>,
     ) -> GrpcResult<pb::OrderIdResponse> {
-        let r = req.into_inner();
-        let cmd = Command::ConfirmPayment {
-            user_id: r.user_id,
-            order_id: r.order_id,
-            amount_minor: r.amount_minor,
-            currency: r.currency,
-            payment_ref: r.payment_ref,
-            request_id: r.request_id,
-        };
-        self.order_id_answer("confirm_payment", cmd).await
+        let cmd = confirm_payment_cmd(req.into_inner());
+        unary(order_op(&self.s, "confirm_payment", cmd).await)
     }
 
     async fn fail_payment(
         &self,
         req: Request<pb::FailPaymentRequest>,
     ) -> GrpcResult<pb::OrderIdResponse> {
-        let r = req.into_inner();
-        let cmd = Command::FailPayment {
-            user_id: r.user_id,
-            order_id: r.order_id,
-            reason: r.reason,
-            request_id: r.request_id,
-        };
-        self.order_id_answer("fail_payment", cmd).await
+        let cmd = fail_payment_cmd(req.into_inner());
+        unary(order_op(&self.s, "fail_payment", cmd).await)
     }
 
     async fn cancel_order(
         &self,
         req: Request<pb::CancelOrderRequest>,
     ) -> GrpcResult<pb::OrderIdResponse> {
-        let r = req.into_inner();
-        let cmd = Command::CancelOrder {
-            user_id: r.user_id,
-            order_id: r.order_id,
-            request_id: r.request_id,
-        };
-        self.order_id_answer("cancel_order", cmd).await
+        let cmd = cancel_order_cmd(req.into_inner());
+        unary(order_op(&self.s, "cancel_order", cmd).await)
     }
 
     async fn join_waitlist(
         &self,
         req: Request<pb::JoinWaitlistRequest>,
     ) -> GrpcResult<pb::JoinWaitlistResponse> {
-        let r = req.into_inner();
-        let cmd = Command::JoinWaitlist {
-            sale_id: r.sale_id,
-            user_id: r.user_id,
-            qty: r.qty,
-            request_id: r.request_id,
-        };
-        match self.propose(cmd).await? {
-            (Answer::WaitlistJoined { position, .. }, by) => {
-                ok(pb::JoinWaitlistResponse { position }, by)
-            }
-            (other, _) => Err(core::unexpected("join_waitlist", &other).into()),
-        }
+        unary(join_waitlist(&self.s, req.into_inner()).await)
     }
 
     async fn leave_waitlist(
         &self,
         req: Request<pb::LeaveWaitlistRequest>,
     ) -> GrpcResult<pb::LeaveWaitlistResponse> {
-        let r = req.into_inner();
-        let cmd = Command::LeaveWaitlist {
-            sale_id: r.sale_id,
-            user_id: r.user_id,
-            request_id: r.request_id,
-        };
-        match self.propose(cmd).await? {
-            (Answer::WaitlistLeft { .. }, by) => ok(pb::LeaveWaitlistResponse {}, by),
-            (other, _) => Err(core::unexpected("leave_waitlist", &other).into()),
-        }
+        unary(leave_waitlist(&self.s, req.into_inner()).await)
     }
 
     async fn waitlist_position(

@@ -38,9 +38,10 @@ pub struct ApiLimits {
     pub list_limit_default: u32,
     /// Largest page a client may ask for.
     pub list_limit_max: u32,
-    /// Reservations of one `ReserveStream` being proposed at once; the stream stops
-    /// reading until one completes (backpressure instead of an unbounded queue).
-    pub reserve_stream_in_flight_max: usize,
+    /// Requests of one `ReserveStream` or `PurchaseStream` being proposed at once; the
+    /// stream stops reading until one completes (backpressure instead of an unbounded
+    /// queue).
+    pub stream_in_flight_max: usize,
     /// Size of the chunks a backup is streamed in (HTTP body frames, gRPC messages).
     pub backup_chunk_bytes: usize,
 }
@@ -53,7 +54,7 @@ impl Default for ApiLimits {
             admin_request_timeout_ms: 300_000,
             list_limit_default: 50,
             list_limit_max: 500,
-            reserve_stream_in_flight_max: 64,
+            stream_in_flight_max: 64,
             backup_chunk_bytes: 256 * 1024,
         }
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use stockade_api::dto::{ClusterStatusDto, ProductDto, SaleDto, SaleIdDto, SaleSpecDto};
-use stockade_cli::bench::{grpc_clients, ReserveLanes, StockadeTarget, Transport};
+use stockade_cli::bench::{grpc_clients, PurchaseLanes, StockadeTarget, Transport};
 use stockade_cli::client::{seg, Client};
 
 use crate::sys::{port_free, Proc};
@@ -122,7 +122,7 @@ pub enum Proto {
     Http,
     /// Unary gRPC calls.
     Grpc,
-    /// Reservations over `ReserveStream` lanes (one long-lived stream per channel).
+    /// Every write over `PurchaseStream` lanes (one long-lived stream per channel).
     GrpcStream,
 }
 
@@ -185,8 +185,7 @@ impl System for Stockade {
             }
             Proto::GrpcStream => {
                 let chans = grpc_clients(&self.cluster.grpc, clients, REQUEST_TIMEOUT)?;
-                let lanes = Arc::new(ReserveLanes::open(&chans));
-                Transport::GrpcStream(chans, lanes)
+                Transport::GrpcStream(Arc::new(PurchaseLanes::open(&chans)))
             }
         };
         Ok(Arc::new(StockadeTarget {

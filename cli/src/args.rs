@@ -297,8 +297,8 @@ pub enum Protocol {
     Http,
     /// Unary gRPC calls.
     Grpc,
-    /// Reservations over `ReserveStream` (one long-lived stream per gRPC channel), the
-    /// other calls unary.
+    /// Every write (reserve, checkout, pay, release) over `PurchaseStream`, one
+    /// long-lived stream per gRPC channel.
     GrpcStream,
 }
 

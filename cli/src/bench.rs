@@ -82,6 +82,15 @@ impl<T> Outcome<T> {
             Outcome::Transient(c) => Outcome::Transient(c),
         }
     }
+
+    /// The outcome `f` makes of the value; the same refusal or failure otherwise.
+    pub fn and_then<U>(self, f: impl FnOnce(T) -> Outcome<U>) -> Outcome<U> {
+        match self {
+            Outcome::Ok(v) => f(v),
+            Outcome::Rejected(c) => Outcome::Rejected(c),
+            Outcome::Transient(c) => Outcome::Transient(c),
+        }
+    }
 }
 
 /// Codes after which neither a user nor a bot tries again.
@@ -688,13 +697,14 @@ impl CrowdRun {
 pub enum Transport {
     Http(Arc<Client>),
     Grpc(Vec<StockadeClient<Channel>>),
-    /// Reservations over `ReserveStream` lanes (one per channel), the other calls unary.
-    GrpcStream(Vec<StockadeClient<Channel>>, Arc<ReserveLanes>),
+    /// Every write (reserve, checkout, pay, release) over `PurchaseStream` lanes, one per
+    /// channel.
+    GrpcStream(Arc<PurchaseLanes>),
 }
 
-/// Reservations one `ReserveStream` lane queues (waiting for the lane task, or sent and
-/// not yet answered) before a caller waits; the server proposes up to its
-/// `reserve_stream_in_flight_max` (64) of one stream at once.
+/// Requests one `PurchaseStream` lane queues (waiting for the lane task, or sent and not
+/// yet answered) before a caller waits; the server proposes up to its
+/// `stream_in_flight_max` (64) of one stream at once.
 pub const STREAM_LANE_QUEUE_MAX: usize = 4_096;
 
 /// Error codes of a stream item that mean "not decided, try again": exactly the codes the
@@ -703,22 +713,28 @@ pub const STREAM_LANE_QUEUE_MAX: usize = 4_096;
 const STREAM_TRANSIENT_CODES: &[&str] =
     &["no_leader", "outcome_unknown", "not_ready", "overloaded"];
 
-type LaneItem = (
-    pb::ReserveRequest,
-    tokio::sync::oneshot::Sender<Outcome<Granted<u64>>>,
-);
+use pb::purchase_stream_request::Command as StreamCommand;
+use pb::purchase_stream_response::Result as StreamAnswer;
 
-/// `ReserveStream` lanes: one long-lived bidirectional stream per gRPC channel carries the
-/// reservations of every worker on that channel, so a reservation costs one stream
-/// message each way instead of a whole HTTP/2 request (headers, a new stream, trailers).
-/// Answers come back in completion order and are matched to their callers by request id.
-/// A lane whose stream breaks answers its callers in flight `transport` (they retry as
-/// after a unary transport error, with the same request id) and opens a new stream.
-pub struct ReserveLanes {
-    lanes: Vec<tokio::sync::mpsc::Sender<LaneItem>>,
+type LaneReply = tokio::sync::oneshot::Sender<Outcome<StreamAnswer>>;
+
+/// `PurchaseStream` lanes: one long-lived bidirectional stream per gRPC channel carries
+/// every write of every worker on that channel, so a write costs one stream message each
+/// way instead of a whole HTTP/2 request (headers, a new stream, trailers). Answers come
+/// back in completion order and are matched to their callers by tag (a counter of the
+/// lane). A lane whose stream breaks answers its callers in flight `transport` (they
+/// retry as after a unary transport error, with the same request id) and opens a new
+/// stream.
+///
+/// Until the eighteenth session only reservations went over a stream (`ReserveStream`,
+/// matched by request id) and checkout, payment and release were unary calls: at 50
+/// clients those cost the generator about 85 µs of CPU each on the seventeenth session's
+/// machine (docs/benchmarks.md), a quarter of a core spent beside the servers it measures.
+pub struct PurchaseLanes {
+    lanes: Vec<tokio::sync::mpsc::Sender<(StreamCommand, LaneReply)>>,
 }
 
-impl ReserveLanes {
+impl PurchaseLanes {
     /// One lane per channel; each lane's task runs until the lanes are dropped.
     pub fn open(chans: &[StockadeClient<Channel>]) -> Self {
         let lanes = chans
@@ -730,42 +746,53 @@ impl ReserveLanes {
                 tx
             })
             .collect();
-        ReserveLanes { lanes }
+        PurchaseLanes { lanes }
     }
 
-    async fn reserve(&self, idx: usize, req: pb::ReserveRequest) -> Outcome<Granted<u64>> {
+    /// Channels (and lanes) the load is spread over.
+    pub fn len(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Whether there are no lanes at all.
+    pub fn is_empty(&self) -> bool {
+        self.lanes.is_empty()
+    }
+
+    /// One write over lane `idx`, answered when the server answers it.
+    async fn call(&self, idx: usize, cmd: StreamCommand) -> Outcome<StreamAnswer> {
         let lost = || Outcome::Transient("transport".into());
         let Some(lane) = self.lanes.get(idx) else {
             return lost();
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if lane.send((req, tx)).await.is_err() {
+        if lane.send((cmd, tx)).await.is_err() {
             return lost();
         }
         rx.await.unwrap_or_else(|_| lost())
     }
 }
 
-fn stream_outcome(r: pb::ReserveStreamResponse) -> Outcome<Granted<u64>> {
-    use pb::reserve_stream_response::Result as R;
+/// An answer of the wrong kind for its command (a server fault): not decided.
+fn wrong_answer<T>() -> Outcome<T> {
+    Outcome::Transient("bad_response".into())
+}
+
+fn stream_outcome(r: pb::PurchaseStreamResponse) -> Outcome<StreamAnswer> {
     match r.result {
-        Some(R::Hold(g)) => Outcome::Ok(Granted {
-            hold: g.hold_id,
-            qty: g.qty,
-        }),
-        Some(R::Error(e)) if STREAM_TRANSIENT_CODES.contains(&e.code.as_str()) => {
+        Some(StreamAnswer::Error(e)) if STREAM_TRANSIENT_CODES.contains(&e.code.as_str()) => {
             Outcome::Transient(e.code)
         }
-        Some(R::Error(e)) => Outcome::Rejected(e.code),
-        None => Outcome::Transient("bad_response".into()),
+        Some(StreamAnswer::Error(e)) => Outcome::Rejected(e.code),
+        Some(answer) => Outcome::Ok(answer),
+        None => wrong_answer(),
     }
 }
 
-type Waiting =
-    std::collections::HashMap<String, tokio::sync::oneshot::Sender<Outcome<Granted<u64>>>>;
+type Waiting = std::collections::HashMap<u64, LaneReply>;
 
-fn settle(waiting: &mut Waiting, r: pb::ReserveStreamResponse) {
-    if let Some(reply) = waiting.remove(&r.request_id) {
+fn settle(waiting: &mut Waiting, r: pb::PurchaseStreamResponse) {
+    if let Some(reply) = waiting.remove(&r.tag) {
         let _ = reply.send(stream_outcome(r));
     }
 }
@@ -776,8 +803,19 @@ fn fail_all(waiting: &mut Waiting) {
     }
 }
 
-async fn run_lane(mut ch: StockadeClient<Channel>, mut rx: tokio::sync::mpsc::Receiver<LaneItem>) {
+async fn run_lane(
+    mut ch: StockadeClient<Channel>,
+    mut rx: tokio::sync::mpsc::Receiver<(StreamCommand, LaneReply)>,
+) {
     let mut waiting = Waiting::new();
+    let mut next_tag: u64 = 0;
+    let mut tagged = |cmd: StreamCommand| {
+        next_tag = next_tag.wrapping_add(1);
+        pb::PurchaseStreamRequest {
+            tag: next_tag,
+            command: Some(cmd),
+        }
+    };
     // A stream is opened when a request arrives and reopened after it breaks.
     while let Some((first, reply)) = rx.recv().await {
         let (out_tx, out_rx) = tokio::sync::mpsc::channel(STREAM_LANE_QUEUE_MAX);
@@ -786,9 +824,10 @@ async fn run_lane(mut ch: StockadeClient<Channel>, mut rx: tokio::sync::mpsc::Re
                 out_rx,
                 |mut r| async move { r.recv().await.map(|x| (x, r)) },
             );
-        waiting.insert(first.request_id.clone(), reply);
+        let first = tagged(first);
+        waiting.insert(first.tag, reply);
         let _ = out_tx.try_send(first);
-        let mut inbound = match ch.reserve_stream(outbound).await {
+        let mut inbound = match ch.purchase_stream(outbound).await {
             Ok(resp) => resp.into_inner(),
             Err(_) => {
                 fail_all(&mut waiting);
@@ -798,11 +837,12 @@ async fn run_lane(mut ch: StockadeClient<Channel>, mut rx: tokio::sync::mpsc::Re
         loop {
             tokio::select! {
                 item = rx.recv() => match item {
-                    Some((req, reply)) => {
-                        let rid = req.request_id.clone();
+                    Some((cmd, reply)) => {
+                        let req = tagged(cmd);
+                        let tag = req.tag;
                         match out_tx.try_send(req) {
                             Ok(()) => {
-                                waiting.insert(rid, reply);
+                                waiting.insert(tag, reply);
                             }
                             Err(_) => {
                                 let _ = reply.send(Outcome::Transient("overloaded".into()));
@@ -897,8 +937,19 @@ impl StockadeTarget {
         }
     }
 
-    fn chan(chans: &[StockadeClient<Channel>], idx: usize) -> Option<StockadeClient<Channel>> {
-        chans.get(idx).cloned()
+    /// One unary gRPC call on channel `idx` (of [`Transport::Grpc`]).
+    async fn unary<T, F, Fut>(&self, idx: usize, call: F) -> Outcome<T>
+    where
+        F: FnOnce(StockadeClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let Transport::Grpc(chans) = &self.transport else {
+            return Outcome::Transient("transport".into());
+        };
+        match chans.get(idx).cloned() {
+            Some(ch) => grpc_outcome(call(ch).await),
+            None => Outcome::Transient("transport".into()),
+        }
     }
 }
 
@@ -920,7 +971,8 @@ impl Target for StockadeTarget {
     fn endpoints(&self) -> usize {
         match &self.transport {
             Transport::Http(c) => c.endpoints().len(),
-            Transport::Grpc(v) | Transport::GrpcStream(v, _) => v.len(),
+            Transport::Grpc(v) => v.len(),
+            Transport::GrpcStream(lanes) => lanes.len(),
         }
     }
 
@@ -947,19 +999,24 @@ impl Target for StockadeTarget {
                         qty: g.qty,
                     })
             }
-            Transport::GrpcStream(_, lanes) => {
-                lanes.reserve(idx, self.reserve_req(user, rid, first)).await
-            }
-            Transport::Grpc(chans) => {
-                let Some(mut ch) = Self::chan(chans, idx) else {
-                    return Outcome::Transient("transport".into());
-                };
-                grpc_outcome(ch.reserve(self.reserve_req(user, rid, first)).await).map(|g| {
-                    Granted {
+            Transport::GrpcStream(lanes) => {
+                let cmd = StreamCommand::Reserve(self.reserve_req(user, rid, first));
+                lanes.call(idx, cmd).await.and_then(|a| match a {
+                    StreamAnswer::Hold(g) => Outcome::Ok(Granted {
                         hold: g.hold_id,
                         qty: g.qty,
-                    }
+                    }),
+                    _ => wrong_answer(),
                 })
+            }
+            Transport::Grpc(_) => {
+                let req = self.reserve_req(user, rid, first);
+                self.unary(idx, |mut ch| async move { ch.reserve(req).await })
+                    .await
+                    .map(|g| Granted {
+                        hold: g.hold_id,
+                        qty: g.qty,
+                    })
             }
         }
     }
@@ -982,17 +1039,26 @@ impl Target for StockadeTarget {
                     .await
                     .map(|o| ordered(o.order_id, o.amount_minor, o.currency, &o.status))
             }
-            Transport::Grpc(chans) | Transport::GrpcStream(chans, _) => {
-                let Some(mut ch) = Self::chan(chans, idx) else {
-                    return Outcome::Transient("transport".into());
-                };
+            Transport::Grpc(_) | Transport::GrpcStream(_) => {
                 let req = pb::CheckoutRequest {
                     user_id: user.to_string(),
                     hold_id: *hold,
                     request_id: rid.to_string(),
                 };
-                grpc_outcome(ch.checkout(req).await)
-                    .map(|o| ordered(o.order_id, o.amount_minor, o.currency, &o.status))
+                let order = match &self.transport {
+                    Transport::GrpcStream(lanes) => {
+                        let cmd = StreamCommand::Checkout(req);
+                        lanes.call(idx, cmd).await.and_then(|a| match a {
+                            StreamAnswer::Order(o) => Outcome::Ok(o),
+                            _ => wrong_answer(),
+                        })
+                    }
+                    _ => {
+                        self.unary(idx, |mut ch| async move { ch.checkout(req).await })
+                            .await
+                    }
+                };
+                order.map(|o| ordered(o.order_id, o.amount_minor, o.currency, &o.status))
             }
         }
     }
@@ -1012,10 +1078,7 @@ impl Target for StockadeTarget {
                     .await
                     .map(|_| ())
             }
-            Transport::Grpc(chans) | Transport::GrpcStream(chans, _) => {
-                let Some(mut ch) = Self::chan(chans, idx) else {
-                    return Outcome::Transient("transport".into());
-                };
+            Transport::Grpc(_) | Transport::GrpcStream(_) => {
                 let req = pb::ConfirmPaymentRequest {
                     user_id: user.to_string(),
                     order_id: o.order_id,
@@ -1024,7 +1087,19 @@ impl Target for StockadeTarget {
                     payment_ref: format!("ref-{rid}"),
                     request_id: rid.to_string(),
                 };
-                grpc_outcome(ch.confirm_payment(req).await).map(|_| ())
+                match &self.transport {
+                    Transport::GrpcStream(lanes) => {
+                        let cmd = StreamCommand::ConfirmPayment(req);
+                        lanes.call(idx, cmd).await.and_then(|a| match a {
+                            StreamAnswer::OrderId(_) => Outcome::Ok(()),
+                            _ => wrong_answer(),
+                        })
+                    }
+                    _ => self
+                        .unary(idx, |mut ch| async move { ch.confirm_payment(req).await })
+                        .await
+                        .map(|_| ()),
+                }
             }
         }
     }
@@ -1041,16 +1116,25 @@ impl Target for StockadeTarget {
                     .await
                     .map(|_| ())
             }
-            Transport::Grpc(chans) | Transport::GrpcStream(chans, _) => {
-                let Some(mut ch) = Self::chan(chans, idx) else {
-                    return Outcome::Transient("transport".into());
-                };
+            Transport::Grpc(_) | Transport::GrpcStream(_) => {
                 let req = pb::ReleaseRequest {
                     user_id: user.to_string(),
                     hold_id: *hold,
                     request_id: rid.to_string(),
                 };
-                grpc_outcome(ch.release(req).await).map(|_| ())
+                match &self.transport {
+                    Transport::GrpcStream(lanes) => {
+                        let cmd = StreamCommand::Release(req);
+                        lanes.call(idx, cmd).await.and_then(|a| match a {
+                            StreamAnswer::Released(_) => Outcome::Ok(()),
+                            _ => wrong_answer(),
+                        })
+                    }
+                    _ => self
+                        .unary(idx, |mut ch| async move { ch.release(req).await })
+                        .await
+                        .map(|_| ()),
+                }
             }
         }
     }
@@ -1269,10 +1353,7 @@ pub async fn run(client: Arc<Client>, cfg: &Config, a: BenchArgs) -> Result<(), 
         Protocol::Http => Transport::Http(client.clone()),
         Protocol::Grpc => grpc_transport(&client, cfg, &a).await?,
         Protocol::GrpcStream => match grpc_transport(&client, cfg, &a).await? {
-            Transport::Grpc(chans) => {
-                let lanes = Arc::new(ReserveLanes::open(&chans));
-                Transport::GrpcStream(chans, lanes)
-            }
+            Transport::Grpc(chans) => Transport::GrpcStream(Arc::new(PurchaseLanes::open(&chans))),
             other => other,
         },
     };

@@ -94,8 +94,9 @@ fn three_nodes_status_and_bench_match_server_counters() {
     assert_eq!(u(&s, "/counters/sold"), u(&bench, "/sold"), "{s} {bench}");
     assert_eq!(u(&bench, "/sold"), 100, "{bench}");
 
-    // A third crowd whose reservations share a few ReserveStream lanes: every answer
-    // reaches its own caller (granted = the server's holds, refusals counted), no oversell.
+    // A third crowd whose every write (reserve, checkout, pay) shares a few
+    // PurchaseStream lanes: every answer reaches its own caller (granted = the server's
+    // holds, every hold checked out and paid, refusals counted), no oversell.
     let bench = c.ctl_json(&[
         "bench",
         "--users",
@@ -106,6 +107,7 @@ fn three_nodes_status_and_bench_match_server_counters() {
         "48",
         "--protocol",
         "grpc-stream",
+        "--checkout-pay",
         "--duration-max",
         "20",
     ]);
@@ -113,9 +115,12 @@ fn three_nodes_status_and_bench_match_server_counters() {
     assert_eq!(bench["protocol"], "grpc-stream", "{bench}");
     assert_eq!(u(&bench, "/units_granted"), 250, "{bench}");
     assert_eq!(u(&bench, "/users_done"), 900, "{bench}");
+    assert_eq!(u(&bench, "/sold"), 250, "{bench}");
     assert!(u(&bench, "/rejections/sold_out") > 0, "{bench}");
     let s = c.ctl_json(&["sale", "show", bench["sale_id"].as_str().expect("sale")]);
-    assert_eq!(u(&s, "/counters/held"), 250, "{s}");
+    assert_eq!(u(&s, "/counters/held"), 0, "{s}");
+    assert_eq!(u(&s, "/counters/sold"), 250, "{s}");
+    assert_eq!(u(&s, "/stats/orders_paid"), 250, "{s}");
     assert_eq!(
         u(&s, "/stats/holds_granted"),
         u(&bench, "/holds_granted"),

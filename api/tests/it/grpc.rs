@@ -1,5 +1,6 @@
 //! The gRPC API over a real tonic server on 127.0.0.1: unary calls, error codes with
-//! `x-stockade-code`, the bidirectional ReserveStream, Admin backup, and reflection.
+//! `x-stockade-code`, the bidirectional ReserveStream and PurchaseStream, Admin backup,
+//! and reflection.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -247,7 +248,7 @@ async fn reads_checkout_and_orders_over_grpc() {
 #[tokio::test]
 async fn reserve_stream_answers_each_request_and_survives_rejections() {
     let s = Server::with_limits(ApiLimits {
-        reserve_stream_in_flight_max: 2,
+        stream_in_flight_max: 2,
         ..ApiLimits::default()
     })
     .await;
@@ -294,6 +295,321 @@ async fn reserve_stream_answers_each_request_and_survives_rejections() {
     }
     assert_eq!((held, sold_out), (3, 1));
     assert!(matches!(answers["bad-qty"].result, Some(R::Error(_))));
+}
+
+/// A `PurchaseStream` caller: sends one request, waits for its answer.
+struct PurchaseCaller {
+    out: tokio::sync::mpsc::Sender<pb::PurchaseStreamRequest>,
+    inbound: tonic::Streaming<pb::PurchaseStreamResponse>,
+    next_tag: u64,
+}
+
+impl PurchaseCaller {
+    async fn open(c: &mut StockadeClient<Channel>) -> PurchaseCaller {
+        let (out, rx) = tokio::sync::mpsc::channel(16);
+        let resp = c
+            .purchase_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap();
+        assert_eq!(resp.metadata().get("x-stockade-served-by").unwrap(), "7");
+        PurchaseCaller {
+            out,
+            inbound: resp.into_inner(),
+            next_tag: 100,
+        }
+    }
+
+    /// The answer to `cmd`, which must carry the request's tag.
+    async fn call(
+        &mut self,
+        cmd: Option<pb::purchase_stream_request::Command>,
+    ) -> pb::PurchaseStreamResponse {
+        self.next_tag += 1;
+        let tag = self.next_tag;
+        self.out
+            .send(pb::PurchaseStreamRequest { tag, command: cmd })
+            .await
+            .unwrap();
+        let answer = self.inbound.next().await.unwrap().unwrap();
+        assert_eq!(answer.tag, tag, "{answer:?}");
+        answer
+    }
+
+    /// Reserves one unit for `user` and checks it out: the order's id.
+    async fn order_for(&mut self, user: &str) -> u64 {
+        use pb::purchase_stream_response::Result as Out;
+        let reserve = reserve_req(user, 1, &format!("{user}-r"));
+        let a = self
+            .call(Some(pb::purchase_stream_request::Command::Reserve(reserve)))
+            .await;
+        let Some(Out::Hold(h)) = a.result else {
+            panic!("{a:?}")
+        };
+        let a = self
+            .call(checkout_cmd(user, h.hold_id, &format!("{user}-c")))
+            .await;
+        let Some(Out::Order(o)) = a.result else {
+            panic!("{a:?}")
+        };
+        o.order_id
+    }
+}
+
+fn checkout_cmd(
+    user: &str,
+    hold_id: u64,
+    rid: &str,
+) -> Option<pb::purchase_stream_request::Command> {
+    Some(pb::purchase_stream_request::Command::Checkout(
+        pb::CheckoutRequest {
+            user_id: user.into(),
+            hold_id,
+            request_id: rid.into(),
+        },
+    ))
+}
+
+fn release_cmd(
+    user: &str,
+    hold_id: u64,
+    rid: &str,
+) -> Option<pb::purchase_stream_request::Command> {
+    Some(pb::purchase_stream_request::Command::Release(
+        pb::ReleaseRequest {
+            user_id: user.into(),
+            hold_id,
+            request_id: rid.into(),
+        },
+    ))
+}
+
+/// Every write of the purchase flow over one `PurchaseStream`: each answered with what
+/// its unary call returns, tagged; rejections (and a request without a command) are
+/// items, the stream goes on; a retried request id gets the recorded answer.
+#[tokio::test]
+async fn purchase_stream_carries_every_write_of_the_flow() {
+    use pb::purchase_stream_request::Command as In;
+    use pb::purchase_stream_response::Result as Out;
+    let s = Server::start().await;
+    let mut c = s.client().await;
+    open_sale(&s, &mut c, 3).await;
+    let mut p = PurchaseCaller::open(&mut c).await;
+    let error = |a: &pb::PurchaseStreamResponse| match &a.result {
+        Some(Out::Error(e)) => e.clone(),
+        other => panic!("expected an error item, got {other:?}"),
+    };
+
+    // alice: reserve, check out, pay (the payment sent twice: one recorded answer).
+    let a = p
+        .call(Some(In::Reserve(reserve_req("alice", 1, "a-r"))))
+        .await;
+    let Some(Out::Hold(hold)) = a.result else {
+        panic!("{a:?}")
+    };
+    assert_eq!((hold.qty, a.served_by), (1, 7));
+    let a = p.call(checkout_cmd("alice", hold.hold_id, "a-c")).await;
+    let Some(Out::Order(order)) = a.result else {
+        panic!("{a:?}")
+    };
+    assert_eq!(order.status, "awaiting_payment");
+    assert_eq!(order.hold_id, hold.hold_id);
+    assert_eq!(order.created_at_ms, 2_000, "read back like the unary call");
+    assert_eq!(order.amount_minor, 49_900);
+    let pay = Some(In::ConfirmPayment(pb::ConfirmPaymentRequest {
+        user_id: "alice".into(),
+        order_id: order.order_id,
+        amount_minor: 49_900,
+        currency: "EUR".into(),
+        payment_ref: "pay-a".into(),
+        request_id: "a-p".into(),
+    }));
+    for _ in 0..2 {
+        let a = p.call(pay.clone()).await;
+        assert_eq!(
+            a.result,
+            Some(Out::OrderId(pb::OrderIdResponse {
+                order_id: order.order_id
+            }))
+        );
+    }
+
+    // bob: reserve, release; releasing a hold that does not exist, or is not his, is a
+    // rejection item.
+    let a = p
+        .call(Some(In::Reserve(reserve_req("bob", 1, "b-r"))))
+        .await;
+    let Some(Out::Hold(bob)) = a.result else {
+        panic!("{a:?}")
+    };
+    let a = p.call(release_cmd("bob", 999, "b-x")).await;
+    assert_eq!(error(&a).code, "hold_not_found", "{a:?}");
+    assert_eq!(a.served_by, 7);
+    let a = p.call(release_cmd("bob", hold.hold_id, "b-y")).await;
+    assert_eq!(error(&a).code, "not_owner", "{a:?}");
+    let a = p.call(release_cmd("bob", bob.hold_id, "b-l")).await;
+    assert_eq!(
+        a.result,
+        Some(Out::Released(pb::ReleaseResponse {
+            hold_id: bob.hold_id
+        }))
+    );
+
+    // carol cancels her order, dave's payment fails: both answered with the order id.
+    let carol = p.order_for("carol").await;
+    let dave = p.order_for("dave").await;
+    let a = p
+        .call(Some(In::CancelOrder(pb::CancelOrderRequest {
+            user_id: "carol".into(),
+            order_id: carol,
+            request_id: "carol-x".into(),
+        })))
+        .await;
+    assert_eq!(
+        a.result,
+        Some(Out::OrderId(pb::OrderIdResponse { order_id: carol }))
+    );
+    let a = p
+        .call(Some(In::FailPayment(pb::FailPaymentRequest {
+            user_id: "dave".into(),
+            order_id: dave,
+            reason: "card_declined".into(),
+            request_id: "dave-f".into(),
+        })))
+        .await;
+    assert_eq!(
+        a.result,
+        Some(Out::OrderId(pb::OrderIdResponse { order_id: dave }))
+    );
+
+    // A request without a command: an item naming the field, served by no node.
+    let a = p.call(None).await;
+    let e = error(&a);
+    assert_eq!(e.code, "invalid");
+    assert!(
+        e.message.contains("command") && e.message.contains("reserve"),
+        "{e:?}"
+    );
+    assert_eq!(a.served_by, 0);
+
+    // erin takes the two units left; frank joins the waitlist, then leaves it.
+    let a = p
+        .call(Some(In::Reserve(reserve_req("erin", 2, "e-r"))))
+        .await;
+    assert!(
+        matches!(a.result, Some(Out::Hold(ref g)) if g.qty == 2),
+        "{a:?}"
+    );
+    let join = |rid: &str| {
+        Some(In::JoinWaitlist(pb::JoinWaitlistRequest {
+            sale_id: SALE.into(),
+            user_id: "frank".into(),
+            qty: 1,
+            request_id: rid.into(),
+        }))
+    };
+    let a = p.call(join("f-j")).await;
+    assert_eq!(
+        a.result,
+        Some(Out::Joined(pb::JoinWaitlistResponse { position: 1 }))
+    );
+    let a = p.call(join("f-j2")).await;
+    assert_eq!(error(&a).code, "already_waitlisted", "{a:?}");
+    let a = p
+        .call(Some(In::LeaveWaitlist(pb::LeaveWaitlistRequest {
+            sale_id: SALE.into(),
+            user_id: "frank".into(),
+            request_id: "f-l".into(),
+        })))
+        .await;
+    assert_eq!(a.result, Some(Out::Left(pb::LeaveWaitlistResponse {})));
+
+    // The state the stream's writes left, read over a unary call.
+    let sale = c
+        .get_sale(pb::GetSaleRequest {
+            sale_id: SALE.into(),
+            consistency: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let counters = sale.counters.unwrap();
+    assert_eq!(
+        (
+            counters.available,
+            counters.held,
+            counters.awaiting_payment,
+            counters.sold
+        ),
+        (0, 2, 0, 1),
+        "{counters:?}"
+    );
+    let stats = sale.stats.unwrap();
+    assert_eq!(
+        (
+            stats.orders_paid,
+            stats.orders_cancelled,
+            stats.holds_released
+        ),
+        (1, 2, 1)
+    );
+}
+
+/// Requests sent together on one `PurchaseStream` are answered out of order when they
+/// complete so, each under its own tag; tags are the client's (repeats are echoed).
+#[tokio::test]
+async fn purchase_stream_answers_many_in_flight_by_tag() {
+    use pb::purchase_stream_request::Command as In;
+    use pb::purchase_stream_response::Result as Out;
+    let s = Server::with_limits(ApiLimits {
+        stream_in_flight_max: 2,
+        ..ApiLimits::default()
+    })
+    .await;
+    let mut c = s.client().await;
+    open_sale(&s, &mut c, 2).await;
+    let reqs: Vec<_> = [("u1", 5), ("u2", 9), ("u3", 1), ("u4", 3)]
+        .into_iter()
+        .map(|(user, tag)| pb::PurchaseStreamRequest {
+            tag,
+            command: Some(In::Reserve(reserve_req(user, 1, &format!("{user}-r")))),
+        })
+        .chain([pb::PurchaseStreamRequest {
+            tag: 5,
+            command: None,
+        }])
+        .collect();
+    let mut inbound = c
+        .purchase_stream(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answers: BTreeMap<u64, Vec<Out>> = BTreeMap::new();
+    while let Some(item) = inbound.next().await {
+        let item = item.unwrap();
+        answers
+            .entry(item.tag)
+            .or_default()
+            .push(item.result.unwrap());
+    }
+    assert_eq!(answers.keys().copied().collect::<Vec<_>>(), [1, 3, 5, 9]);
+    let codes = |tag: u64| -> Vec<String> {
+        answers[&tag]
+            .iter()
+            .map(|r| match r {
+                Out::Hold(_) => "hold".to_string(),
+                Out::Error(e) => e.code.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let mut all: Vec<String> = [1, 3, 5, 9].into_iter().flat_map(codes).collect();
+    all.sort();
+    assert_eq!(
+        all,
+        ["hold", "hold", "invalid", "sold_out", "sold_out"],
+        "{answers:?}"
+    );
+    assert_eq!(answers[&5].len(), 2, "tag 5 was used twice: {answers:?}");
 }
 
 /// Both gRPC reservation paths pass the client's `first_attempt` on: a marked first
