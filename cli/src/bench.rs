@@ -937,18 +937,31 @@ impl StockadeTarget {
         }
     }
 
-    /// One unary gRPC call on channel `idx` (of [`Transport::Grpc`]).
-    async fn unary<T, F, Fut>(&self, idx: usize, call: F) -> Outcome<T>
+    /// One write over gRPC: on lane `idx` of [`Transport::GrpcStream`] as `wrap(req)`,
+    /// whose answer `pick` takes apart (another kind of answer is a server fault), or as
+    /// the unary `call` on channel `idx` of [`Transport::Grpc`].
+    async fn grpc_write<R, T, F, Fut>(
+        &self,
+        idx: usize,
+        req: R,
+        wrap: fn(R) -> StreamCommand,
+        pick: fn(StreamAnswer) -> Option<T>,
+        call: F,
+    ) -> Outcome<T>
     where
-        F: FnOnce(StockadeClient<Channel>) -> Fut,
+        F: FnOnce(StockadeClient<Channel>, R) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let Transport::Grpc(chans) = &self.transport else {
-            return Outcome::Transient("transport".into());
-        };
-        match chans.get(idx).cloned() {
-            Some(ch) => grpc_outcome(call(ch).await),
-            None => Outcome::Transient("transport".into()),
+        match &self.transport {
+            Transport::GrpcStream(lanes) => lanes
+                .call(idx, wrap(req))
+                .await
+                .and_then(|a| pick(a).map_or_else(wrong_answer, Outcome::Ok)),
+            Transport::Grpc(chans) => match chans.get(idx).cloned() {
+                Some(ch) => grpc_outcome(call(ch, req).await),
+                None => Outcome::Transient("transport".into()),
+            },
+            Transport::Http(_) => Outcome::Transient("transport".into()),
         }
     }
 }
@@ -999,19 +1012,16 @@ impl Target for StockadeTarget {
                         qty: g.qty,
                     })
             }
-            Transport::GrpcStream(lanes) => {
-                let cmd = StreamCommand::Reserve(self.reserve_req(user, rid, first));
-                lanes.call(idx, cmd).await.and_then(|a| match a {
-                    StreamAnswer::Hold(g) => Outcome::Ok(Granted {
-                        hold: g.hold_id,
-                        qty: g.qty,
-                    }),
-                    _ => wrong_answer(),
-                })
-            }
-            Transport::Grpc(_) => {
+            Transport::Grpc(_) | Transport::GrpcStream(_) => {
                 let req = self.reserve_req(user, rid, first);
-                self.unary(idx, |mut ch| async move { ch.reserve(req).await })
+                let pick = |a| match a {
+                    StreamAnswer::Hold(g) => Some(g),
+                    _ => None,
+                };
+                let call = |mut ch: StockadeClient<Channel>, r: pb::ReserveRequest| async move {
+                    ch.reserve(r).await
+                };
+                self.grpc_write(idx, req, StreamCommand::Reserve, pick, call)
                     .await
                     .map(|g| Granted {
                         hold: g.hold_id,
@@ -1045,19 +1055,16 @@ impl Target for StockadeTarget {
                     hold_id: *hold,
                     request_id: rid.to_string(),
                 };
-                let order = match &self.transport {
-                    Transport::GrpcStream(lanes) => {
-                        let cmd = StreamCommand::Checkout(req);
-                        lanes.call(idx, cmd).await.and_then(|a| match a {
-                            StreamAnswer::Order(o) => Outcome::Ok(o),
-                            _ => wrong_answer(),
-                        })
-                    }
-                    _ => {
-                        self.unary(idx, |mut ch| async move { ch.checkout(req).await })
-                            .await
-                    }
+                let pick = |a| match a {
+                    StreamAnswer::Order(o) => Some(o),
+                    _ => None,
                 };
+                let call = |mut ch: StockadeClient<Channel>, r: pb::CheckoutRequest| async move {
+                    ch.checkout(r).await
+                };
+                let order = self
+                    .grpc_write(idx, req, StreamCommand::Checkout, pick, call)
+                    .await;
                 order.map(|o| ordered(o.order_id, o.amount_minor, o.currency, &o.status))
             }
         }
@@ -1087,19 +1094,16 @@ impl Target for StockadeTarget {
                     payment_ref: format!("ref-{rid}"),
                     request_id: rid.to_string(),
                 };
-                match &self.transport {
-                    Transport::GrpcStream(lanes) => {
-                        let cmd = StreamCommand::ConfirmPayment(req);
-                        lanes.call(idx, cmd).await.and_then(|a| match a {
-                            StreamAnswer::OrderId(_) => Outcome::Ok(()),
-                            _ => wrong_answer(),
-                        })
-                    }
-                    _ => self
-                        .unary(idx, |mut ch| async move { ch.confirm_payment(req).await })
-                        .await
-                        .map(|_| ()),
-                }
+                let pick = |a| match a {
+                    StreamAnswer::OrderId(o) => Some(o),
+                    _ => None,
+                };
+                let call = |mut ch: StockadeClient<Channel>, r: pb::ConfirmPaymentRequest| async move {
+                    ch.confirm_payment(r).await
+                };
+                self.grpc_write(idx, req, StreamCommand::ConfirmPayment, pick, call)
+                    .await
+                    .map(|_| ())
             }
         }
     }
@@ -1122,19 +1126,16 @@ impl Target for StockadeTarget {
                     hold_id: *hold,
                     request_id: rid.to_string(),
                 };
-                match &self.transport {
-                    Transport::GrpcStream(lanes) => {
-                        let cmd = StreamCommand::Release(req);
-                        lanes.call(idx, cmd).await.and_then(|a| match a {
-                            StreamAnswer::Released(_) => Outcome::Ok(()),
-                            _ => wrong_answer(),
-                        })
-                    }
-                    _ => self
-                        .unary(idx, |mut ch| async move { ch.release(req).await })
-                        .await
-                        .map(|_| ()),
-                }
+                let pick = |a| match a {
+                    StreamAnswer::Released(r) => Some(r),
+                    _ => None,
+                };
+                let call = |mut ch: StockadeClient<Channel>, r: pb::ReleaseRequest| async move {
+                    ch.release(r).await
+                };
+                self.grpc_write(idx, req, StreamCommand::Release, pick, call)
+                    .await
+                    .map(|_| ())
             }
         }
     }
