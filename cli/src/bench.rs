@@ -728,8 +728,8 @@ type LaneReply = tokio::sync::oneshot::Sender<Outcome<StreamAnswer>>;
 ///
 /// Until the eighteenth session only reservations went over a stream (`ReserveStream`,
 /// matched by request id) and checkout, payment and release were unary calls: at 50
-/// clients those cost the generator about 85 µs of CPU each on the seventeenth session's
-/// machine (docs/benchmarks.md), a quarter of a core spent beside the servers it measures.
+/// clients the generator then spent 35–49 µs of CPU per attempt, 18–22 µs with every
+/// write on this stream (docs/benchmarks.md, "Eighteenth session").
 pub struct PurchaseLanes {
     lanes: Vec<tokio::sync::mpsc::Sender<(StreamCommand, LaneReply)>>,
 }
