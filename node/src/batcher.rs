@@ -10,7 +10,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use stockade_api::ClusterError;
 use stockade_raft_store::{Command, LogEntry, Raft, Response};
@@ -44,6 +44,7 @@ pub async fn run(
         let Ok(permit) = inflight.clone().acquire_owned().await else {
             break;
         };
+        let first_queued = first.queued_at;
         let mut batch = vec![first];
         if !cfg.linger.is_zero() && cfg.batch_max > 1 {
             let deadline = tokio::time::Instant::now() + cfg.linger;
@@ -61,10 +62,17 @@ pub async fn run(
             }
         }
         stats.entries.fetch_add(1, Ordering::Relaxed);
+        // The queue is first in, first out: the first proposal waited longest.
+        stats
+            .batch_wait
+            .observe(first_queued.elapsed().as_secs_f64());
         let raft = raft.clone();
         let at_ms = stamper.stamp();
+        let stats = stats.clone();
         tokio::spawn(async move {
+            let started = Instant::now();
             propose(&raft, at_ms, batch).await;
+            stats.raft_round.observe(started.elapsed().as_secs_f64());
             drop(permit);
         });
     }

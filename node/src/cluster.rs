@@ -14,15 +14,17 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ReadPolicy, ServerState};
+use prometheus_client::metrics::histogram::Histogram;
 use stockade_api::{
     Backup, Cluster, ClusterError, ClusterStatus, Member, ReadLevel, Readiness, Replication, Served,
 };
 use stockade_raft_store::store::StateView;
+use stockade_raft_store::timing::stage_histogram;
 use stockade_raft_store::{Command, LogStore, NodeAddr, Raft, Reject, Response, StateMachineStore};
 use tokio::sync::{mpsc, oneshot};
 
@@ -59,6 +61,8 @@ pub struct ClusterConfig {
 pub struct Proposal {
     pub cmd: Command,
     pub reply: oneshot::Sender<Result<Response, ProposeError>>,
+    /// When it was queued (for `WriteStats::batch_wait`).
+    pub queued_at: Instant,
 }
 
 /// Why a local proposal did not produce a response.
@@ -69,8 +73,9 @@ pub enum ProposeError {
     Cluster(ClusterError),
 }
 
-/// Counters of the write path, exported as metrics.
-#[derive(Default, Debug)]
+/// Counters of the write path and the latency of its stages on this node, exported as
+/// metrics (see `stockade_raft_store::timing` for why stages are timed per batch).
+#[derive(Debug)]
 pub struct WriteStats {
     pub proposals: AtomicU64,
     pub entries: AtomicU64,
@@ -82,6 +87,32 @@ pub struct WriteStats {
     pub read_rounds: AtomicU64,
     /// Linearizable reads served by those rounds.
     pub linearizable_reads: AtomicU64,
+    /// Leader: per entry proposed, how long its oldest proposal waited in the queue for a
+    /// free pipeline slot (`stockade_batch_wait_seconds`).
+    pub batch_wait: Histogram,
+    /// Leader: per entry proposed, from handing it to Raft until its answer, i.e. log
+    /// append and fsync on a majority, replication, commit and apply
+    /// (`stockade_raft_round_duration_seconds`).
+    pub raft_round: Histogram,
+    /// Follower: per forward RPC to the leader, its round trip
+    /// (`stockade_forward_duration_seconds`).
+    pub forward_round: Histogram,
+}
+
+impl Default for WriteStats {
+    fn default() -> Self {
+        WriteStats {
+            proposals: AtomicU64::default(),
+            entries: AtomicU64::default(),
+            forwarded: AtomicU64::default(),
+            forwarded_commands: AtomicU64::default(),
+            read_rounds: AtomicU64::default(),
+            linearizable_reads: AtomicU64::default(),
+            batch_wait: stage_histogram(),
+            raft_round: stage_histogram(),
+            forward_round: stage_histogram(),
+        }
+    }
 }
 
 pub struct NodeCluster {
@@ -191,7 +222,11 @@ impl NodeCluster {
         let (reply, rx) = oneshot::channel();
         self.stats.proposals.fetch_add(1, Ordering::Relaxed);
         self.proposals
-            .try_send(Proposal { cmd, reply })
+            .try_send(Proposal {
+                cmd,
+                reply,
+                queued_at: Instant::now(),
+            })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => {
                     ProposeError::Cluster(ClusterError::Overloaded {
@@ -220,17 +255,17 @@ impl NodeCluster {
     ) -> Result<(ForwardResponse, u64), ClusterError> {
         let addr = self.raft_addr_of(leader)?;
         self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-        let out: ForwardResult =
-            network::forward(&self.pool, &addr, req)
-                .await
-                .map_err(|s| match s.code() {
-                    tonic::Code::Unavailable => ClusterError::NoLeader {
-                        retry_after_ms: NO_LEADER_RETRY_MS,
-                    },
-                    _ => {
-                        ClusterError::Unknown(format!("forward to node {leader}: {}", s.message()))
-                    }
-                })?;
+        let started = Instant::now();
+        let sent = network::forward(&self.pool, &addr, req).await;
+        self.stats
+            .forward_round
+            .observe(started.elapsed().as_secs_f64());
+        let out: ForwardResult = sent.map_err(|s| match s.code() {
+            tonic::Code::Unavailable => ClusterError::NoLeader {
+                retry_after_ms: NO_LEADER_RETRY_MS,
+            },
+            _ => ClusterError::Unknown(format!("forward to node {leader}: {}", s.message())),
+        })?;
         out.map_err(ClusterError::from)
     }
 

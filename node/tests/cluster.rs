@@ -182,6 +182,56 @@ async fn converged(c: &TestCluster) -> u64 {
     panic!("replicas did not converge");
 }
 
+/// A stage histogram of a node's `/metrics`: its count, after checking its buckets are
+/// cumulative, end in `+Inf` with the count, and a positive count has a positive sum.
+fn stage_count(text: &str, name: &str) -> u64 {
+    let line = |suffix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}_{suffix} ")))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name}_{suffix} missing from /metrics:\n{text}"))
+    };
+    let count = line("count") as u64;
+    let sum = line("sum");
+    let buckets: Vec<(String, u64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{name}_bucket{{le=\"")))
+        .filter_map(|rest| {
+            let (le, v) = rest.split_once("\"} ")?;
+            Some((le.to_string(), v.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(buckets.len(), 17, "{name}: 16 buckets and +Inf:\n{text}");
+    assert!(
+        buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+        "{name}: buckets not cumulative: {buckets:?}"
+    );
+    assert_eq!(buckets.last(), Some(&("+Inf".to_string(), count)), "{name}");
+    assert_eq!(count > 0, sum > 0.0, "{name}: count {count}, sum {sum}");
+    count
+}
+
+/// Polls `/metrics` until `ok` holds of it (the last stage of a batch is observed just
+/// after its answers are sent, and the ticker keeps proposing), or fails with the text.
+async fn metrics_until(h: &NodeHandle, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    for _ in 0..100 {
+        let text = stockade_api::Cluster::metrics_text(&*h.cluster);
+        if ok(&text) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = stockade_api::Cluster::metrics_text(&*h.cluster);
+    panic!("{what} never held:\n{text}");
+}
+
+fn counter_total(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}_total ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name}_total missing from /metrics:\n{text}"))
+}
+
 fn state_hash(h: &NodeHandle) -> u64 {
     h.cluster.state_hash().expect("state hash")
 }
@@ -647,6 +697,16 @@ async fn a_crowd_through_a_follower_shares_forward_batches_and_read_rounds_witho
         rpcs < cmds,
         "{cmds} concurrent proposals should share forward RPCs, took {rpcs}"
     );
+    // Every forward RPC's round trip is timed once, on the follower that sent it.
+    metrics_until(
+        &c.nodes[&follower],
+        "one forward timing per forward RPC",
+        |t| {
+            stage_count(t, "stockade_forward_duration_seconds")
+                == counter_total(t, "stockade_forwarded_requests")
+        },
+    )
+    .await;
 
     let rounds_before = f.cluster.stats().read_rounds.load(Ordering::Relaxed);
     let views = futures::future::join_all((0..READS).map(|_| {
@@ -769,5 +829,19 @@ async fn replication_flows_on_streams_and_every_replica_agrees() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("stockade_wal_sync_seconds_total missing:\n{text}"));
     assert!(sync_s > 0.0, "{syncs} syncs took {sync_s} s");
+    // Where the write path's time went, stage by stage: every WAL sync, every entry the
+    // leader proposed (its wait for a slot and its Raft round) and the apply calls are
+    // each timed once; the leader forwarded nothing.
+    let text = metrics_until(l, "one timing per sync, entry and round", |t| {
+        let entries = counter_total(t, "stockade_log_entries_proposed");
+        stage_count(t, "stockade_wal_sync_duration_seconds")
+            == counter_total(t, "stockade_wal_syncs")
+            && stage_count(t, "stockade_batch_wait_seconds") == entries
+            && stage_count(t, "stockade_raft_round_duration_seconds") == entries
+    })
+    .await;
+    assert!(stage_count(&text, "stockade_raft_round_duration_seconds") > 0);
+    assert!(stage_count(&text, "stockade_apply_duration_seconds") > 0);
+    assert_eq!(stage_count(&text, "stockade_forward_duration_seconds"), 0);
     c.shutdown().await;
 }

@@ -6,7 +6,8 @@
 //! - the pure, deterministic apply ([`machine`]) and its input checks ([`validate`]);
 //! - the RocksDB schema ([`keys`]) and read-side views ([`query`]);
 //! - openraft's `RaftLogStorage` and `RaftStateMachine` on one RocksDB ([`store`]),
-//!   snapshots included.
+//!   snapshots included;
+//! - the latency histograms of the write path's stages ([`timing`]).
 //!
 //! It knows nothing of networks, HTTP or gRPC, and never reads a clock inside apply:
 //! time comes from the leader-stamped log entry.
@@ -19,6 +20,7 @@ pub mod limits;
 pub mod machine;
 pub mod query;
 pub mod store;
+pub mod timing;
 pub mod types;
 pub mod validate;
 

@@ -31,6 +31,7 @@ use std::thread::JoinHandle;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader};
+use prometheus_client::metrics::histogram::Histogram;
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use super::{cf, CF_LOG, CF_RAFT};
@@ -137,6 +138,11 @@ impl LogStore {
     /// Time spent in those fsyncs since open, microseconds (with `wal_syncs`, the mean).
     pub fn wal_sync_micros(&self) -> u64 {
         self.syncer.stats.micros.load(Ordering::Relaxed)
+    }
+
+    /// Each of those fsyncs' duration, seconds (a clone sharing the counts).
+    pub fn wal_sync_histogram(&self) -> Histogram {
+        self.syncer.stats.seconds.clone()
     }
 
     /// Those fsyncs that took `WAL_SYNC_SLOW` or longer.
@@ -363,11 +369,23 @@ struct WalSyncer {
 }
 
 /// What the WAL syncs cost (exported at `/metrics`).
-#[derive(Default)]
 struct SyncStats {
     syncs: AtomicU64,
     micros: AtomicU64,
     slow: AtomicU64,
+    /// Each sync's duration (`stockade_wal_sync_duration_seconds`).
+    seconds: Histogram,
+}
+
+impl Default for SyncStats {
+    fn default() -> Self {
+        SyncStats {
+            syncs: AtomicU64::default(),
+            micros: AtomicU64::default(),
+            slow: AtomicU64::default(),
+            seconds: crate::timing::stage_histogram(),
+        }
+    }
 }
 
 impl SyncStats {
@@ -377,6 +395,7 @@ impl SyncStats {
         let started = std::time::Instant::now();
         let result = db.flush_wal(true);
         let took = started.elapsed();
+        self.seconds.observe(took.as_secs_f64());
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.micros.fetch_add(
             u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
