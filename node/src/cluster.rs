@@ -97,6 +97,9 @@ pub struct WriteStats {
     /// Follower: per forward RPC to the leader, its round trip
     /// (`stockade_forward_duration_seconds`).
     pub forward_round: Histogram,
+    /// Follower: per batch forwarded, how long its oldest proposal waited in the forward
+    /// queue for a free slot (`stockade_forward_wait_seconds`).
+    pub forward_wait: Histogram,
 }
 
 impl Default for WriteStats {
@@ -111,6 +114,7 @@ impl Default for WriteStats {
             batch_wait: stage_histogram(),
             raft_round: stage_histogram(),
             forward_round: stage_histogram(),
+            forward_wait: stage_histogram(),
         }
     }
 }

@@ -14,11 +14,13 @@
 //!
 //! **Forward** ([`ForwardBatcher`]): on a follower, proposals bound for the leader are
 //! sent in batches, one `ProposeMany` RPC for all that queued while up to
-//! `FORWARD_INFLIGHT_MAX` earlier batches were in flight, instead of one gRPC call each.
-//! The leader feeds them to its group-commit queue together, so they usually share one
-//! log entry as well. Idle, a proposal goes out at once; no timer adds latency.
+//! `--forward-inflight-max` (default `FORWARD_INFLIGHT_MAX`) earlier batches were in
+//! flight, instead of one gRPC call each. The leader feeds them to its group-commit
+//! queue together, so they usually share one log entry as well. Idle, a proposal goes
+//! out at once; no timer adds latency.
 
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
 use futures::future::join_all;
 use stockade_api::ClusterError;
@@ -30,8 +32,17 @@ use crate::wire::WireError;
 
 /// Commands in one forwarded batch, by default (`--forward-batch-max`).
 pub const FORWARD_BATCH_MAX: usize = 256;
-/// Forwarded batches in flight at once per node.
-pub const FORWARD_INFLIGHT_MAX: usize = 4;
+/// Forwarded batches in flight at once per node, by default (`--forward-inflight-max`).
+///
+/// 16, not the 4 it was: with 4 slots each busy for a forward round trip (~4 ms at 50
+/// clients here), a follower's proposals queued behind them for up to 3–5 ms at p99
+/// (`stockade_forward_wait_seconds`), as long as the leader's own Raft round at p99.
+/// With 16 that wait is 0.03–0.15 ms at p99, and in interleaved pairs on one binary
+/// (`docs/benchmarks.md`, "Nineteenth session") the mixed flow at 50 clients was faster
+/// in 4 of 4 pairs (and both runs of a first series) and the 100,000-unit storm in 2 of
+/// 3, with a lower p99 in each of those seven pairs. The price: more, smaller forward
+/// RPCs (7% more at 50 clients).
+pub const FORWARD_INFLIGHT_MAX: usize = 16;
 /// Proposals waiting to be forwarded; past this a client gets 503 `overloaded`.
 pub const FORWARD_QUEUE_MAX: usize = 16_384;
 /// Reads waiting for the next read-index round; past this a client gets 503 `overloaded`.
@@ -100,6 +111,8 @@ async fn drive_rounds(cluster: Weak<NodeCluster>) {
 pub struct Forward {
     pub cmd: Command,
     pub reply: oneshot::Sender<Result<(Response, u64), ClusterError>>,
+    /// When it was queued (for `WriteStats::forward_wait`).
+    pub queued_at: Instant,
 }
 
 /// The follower side of batched forwarding: a queue and the task that drains it.
@@ -107,25 +120,36 @@ pub struct ForwardBatcher {
     tx: mpsc::Sender<Forward>,
 }
 
-/// What [`run_forwarder`] drains: the queue and the largest batch it may send.
+/// What [`run_forwarder`] drains: the queue, the largest batch it may send and how many
+/// batches may be in flight.
 pub struct ForwardQueue {
     rx: mpsc::Receiver<Forward>,
     batch_max: usize,
+    inflight_max: usize,
 }
 
 impl ForwardBatcher {
     /// The queue; [`run_forwarder`] must be spawned with the receiving end.
-    pub fn new(batch_max: usize) -> (ForwardBatcher, ForwardQueue) {
+    pub fn new(batch_max: usize, inflight_max: usize) -> (ForwardBatcher, ForwardQueue) {
         let (tx, rx) = mpsc::channel(FORWARD_QUEUE_MAX);
         let batch_max = batch_max.clamp(1, stockade_raft_store::limits::BATCH_COMMANDS_MAX);
-        (ForwardBatcher { tx }, ForwardQueue { rx, batch_max })
+        let queue = ForwardQueue {
+            rx,
+            batch_max,
+            inflight_max: inflight_max.max(1),
+        };
+        (ForwardBatcher { tx }, queue)
     }
 
     /// Forwards `cmd` to `leader` in the next batch; the answer and who served it.
     pub async fn forward(&self, cmd: Command) -> Result<(Response, u64), ClusterError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .try_send(Forward { cmd, reply })
+            .try_send(Forward {
+                cmd,
+                reply,
+                queued_at: Instant::now(),
+            })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => ClusterError::Overloaded {
                     retry_after_ms: crate::cluster::OVERLOADED_RETRY_MS,
@@ -142,12 +166,17 @@ impl ForwardBatcher {
 /// Drains the forward queue: a batch is formed when an in-flight slot is free, from
 /// everything queued by then (up to the batch limit), and sent to whoever leads.
 pub async fn run_forwarder(cluster: Weak<NodeCluster>, queue: ForwardQueue) {
-    let ForwardQueue { mut rx, batch_max } = queue;
-    let slots = Arc::new(Semaphore::new(FORWARD_INFLIGHT_MAX));
+    let ForwardQueue {
+        mut rx,
+        batch_max,
+        inflight_max,
+    } = queue;
+    let slots = Arc::new(Semaphore::new(inflight_max));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
+        let first_queued = first.queued_at;
         let mut batch = vec![first];
         while batch.len() < batch_max {
             match rx.try_recv() {
@@ -156,6 +185,10 @@ pub async fn run_forwarder(cluster: Weak<NodeCluster>, queue: ForwardQueue) {
             }
         }
         let Some(c) = cluster.upgrade() else { return };
+        // First in, first out: the first one waited longest.
+        c.stats
+            .forward_wait
+            .observe(first_queued.elapsed().as_secs_f64());
         tokio::spawn(async move {
             send_batch(&c, batch).await;
             drop(permit);

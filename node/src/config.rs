@@ -8,6 +8,11 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use stockade_raft_store::limits::BATCH_COMMANDS_MAX;
+
+/// Most entries (`--inflight-entries-max`) or forward RPCs (`--forward-inflight-max`) a
+/// node may have in flight at once: each is a batch of up to `BATCH_COMMANDS_MAX`
+/// commands held in memory until answered, and the defaults are 8 and 16.
+pub const INFLIGHT_LIMIT: usize = 1_024;
 use stockade_raft_store::NodeAddr;
 use stockade_raft_store::{BuildPriority, CompactionPriority};
 
@@ -111,6 +116,10 @@ pub struct Args {
     /// Proposals a follower sends the leader in one forward RPC (1 = one RPC each).
     #[arg(long, env = "STOCKADE_FORWARD_BATCH_MAX", default_value_t = crate::coalesce::FORWARD_BATCH_MAX)]
     pub forward_batch_max: usize,
+    /// Forward RPCs a follower has in flight to the leader at once; proposals queue for a
+    /// free slot and the next RPC takes all queued (`stockade_forward_wait_seconds`).
+    #[arg(long, env = "STOCKADE_FORWARD_INFLIGHT_MAX", default_value_t = crate::coalesce::FORWARD_INFLIGHT_MAX)]
+    pub forward_inflight_max: usize,
     #[arg(long, env = "STOCKADE_PROPOSE_TIMEOUT_MS", default_value_t = 5_000)]
     pub propose_timeout_ms: u64,
     #[arg(long, env = "STOCKADE_FORWARD_TIMEOUT_MS", default_value_t = 6_000)]
@@ -196,6 +205,7 @@ pub struct Config {
     pub batch: crate::batcher::BatchConfig,
     pub propose_queue_max: usize,
     pub forward_batch_max: usize,
+    pub forward_inflight_max: usize,
     pub propose_timeout: Duration,
     pub forward_timeout: Duration,
     pub read_timeout: Duration,
@@ -224,6 +234,8 @@ pub enum ConfigError {
     ForwardBatchMax,
     #[error("{0} must be greater than 0")]
     Zero(&'static str),
+    #[error("{0} must be at most {max}", max = INFLIGHT_LIMIT)]
+    InflightAbove(&'static str),
     #[error("invalid Raft timing: {0}")]
     Raft(String),
 }
@@ -266,8 +278,17 @@ impl Args {
             return Err(ConfigError::ForwardBatchMax);
         }
         for (name, v) in [
+            ("--inflight-entries-max", self.inflight_entries_max),
+            ("--forward-inflight-max", self.forward_inflight_max),
+        ] {
+            if v > INFLIGHT_LIMIT {
+                return Err(ConfigError::InflightAbove(name));
+            }
+        }
+        for (name, v) in [
             ("--propose-queue-max", self.propose_queue_max as u64),
             ("--inflight-entries-max", self.inflight_entries_max as u64),
+            ("--forward-inflight-max", self.forward_inflight_max as u64),
             ("--propose-timeout-ms", self.propose_timeout_ms),
             ("--forward-timeout-ms", self.forward_timeout_ms),
             ("--read-timeout-ms", self.read_timeout_ms),
@@ -307,6 +328,7 @@ impl Args {
             },
             propose_queue_max: self.propose_queue_max,
             forward_batch_max: self.forward_batch_max,
+            forward_inflight_max: self.forward_inflight_max,
             propose_timeout: Duration::from_millis(self.propose_timeout_ms),
             forward_timeout: Duration::from_millis(self.forward_timeout_ms),
             read_timeout: Duration::from_millis(self.read_timeout_ms),
@@ -388,6 +410,12 @@ mod tests {
         bad(&["--forward-batch-max", "0"], "--forward-batch-max");
         bad(&["--forward-batch-max", "5000"], "--forward-batch-max");
         bad(&["--inflight-entries-max", "0"], "--inflight-entries-max");
+        bad(&["--forward-inflight-max", "0"], "--forward-inflight-max");
+        bad(&["--forward-inflight-max", "1025"], "at most 1024");
+        bad(
+            &["--inflight-entries-max", "4611686018427387904"],
+            "at most 1024",
+        );
         bad(
             &["--snapshot-build-priority", "19"],
             "--snapshot-build-priority",

@@ -143,7 +143,8 @@ pub async fn start(cfg: Config) -> Result<NodeHandle, StartError> {
     let stamper = Arc::new(Stamper::new(cfg.clock_skew_ms));
     let (ptx, prx) = mpsc::channel(cfg.propose_queue_max);
     let stats = Arc::new(cluster::WriteStats::default());
-    let (forwarder, forward_rx) = coalesce::ForwardBatcher::new(cfg.forward_batch_max);
+    let (forwarder, forward_rx) =
+        coalesce::ForwardBatcher::new(cfg.forward_batch_max, cfg.forward_inflight_max);
     let cluster = Arc::new_cyclic(|this| NodeCluster {
         id: cfg.node_id,
         raft: raft.clone(),

@@ -254,6 +254,11 @@ fn stages(out: &mut String, c: &NodeCluster) {
             c.stats.raft_round.clone(),
         ),
         (
+            "forward_wait_seconds",
+            "Follower: per batch forwarded, how long its oldest proposal waited for a free forward slot.",
+            c.stats.forward_wait.clone(),
+        ),
+        (
             "forward_duration_seconds",
             "Follower: each forward RPC to the leader, round trip.",
             c.stats.forward_round.clone(),

@@ -697,13 +697,15 @@ async fn a_crowd_through_a_follower_shares_forward_batches_and_read_rounds_witho
         rpcs < cmds,
         "{cmds} concurrent proposals should share forward RPCs, took {rpcs}"
     );
-    // Every forward RPC's round trip is timed once, on the follower that sent it.
+    // Every forward RPC's round trip is timed once, on the follower that sent it, and so
+    // is each batch's wait for a forward slot (each batch here is one RPC).
     metrics_until(
         &c.nodes[&follower],
         "one forward timing per forward RPC",
         |t| {
-            stage_count(t, "stockade_forward_duration_seconds")
-                == counter_total(t, "stockade_forwarded_requests")
+            let rpcs = counter_total(t, "stockade_forwarded_requests");
+            stage_count(t, "stockade_forward_duration_seconds") == rpcs
+                && stage_count(t, "stockade_forward_wait_seconds") == rpcs
         },
     )
     .await;
@@ -843,5 +845,6 @@ async fn replication_flows_on_streams_and_every_replica_agrees() {
     assert!(stage_count(&text, "stockade_raft_round_duration_seconds") > 0);
     assert!(stage_count(&text, "stockade_apply_duration_seconds") > 0);
     assert_eq!(stage_count(&text, "stockade_forward_duration_seconds"), 0);
+    assert_eq!(stage_count(&text, "stockade_forward_wait_seconds"), 0);
     c.shutdown().await;
 }
