@@ -10,7 +10,8 @@
 //!
 //! Every stage is observed once per batch, never per request (an entry carries up to
 //! `--batch-max` commands, a forward RPC up to `--forward-batch-max`): the cost is one
-//! clock read and one histogram update per fsync, apply call, entry or forward RPC.
+//! clock read and one histogram update per fsync, apply call, entry or forward RPC, plus
+//! one clock read per proposal queued (its `queued_at`, for the two queue waits).
 
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
