@@ -34,7 +34,7 @@ use crate::stamp::Stamper;
 use crate::wire::{ForwardRequest, ForwardResponse, ForwardResult, WireError};
 
 /// How long a client is told to wait when there is no leader.
-const NO_LEADER_RETRY_MS: u64 = 500;
+pub(crate) const NO_LEADER_RETRY_MS: u64 = 500;
 /// How long a client is told to wait when the proposal queue is full.
 pub(crate) const OVERLOADED_RETRY_MS: u64 = 50;
 /// Attempts of one proposal across leader changes.
@@ -65,6 +65,9 @@ pub struct Proposal {
     pub queued_at: Instant,
 }
 
+/// Where a queued proposal's answer arrives.
+pub(crate) type LocalAnswer = oneshot::Receiver<Result<Response, ProposeError>>;
+
 /// Why a local proposal did not produce a response.
 #[derive(Debug)]
 pub enum ProposeError {
@@ -79,8 +82,11 @@ pub enum ProposeError {
 pub struct WriteStats {
     pub proposals: AtomicU64,
     pub entries: AtomicU64,
-    /// Forward RPCs sent to the leader (a batch of proposals counts once).
+    /// Requests forwarded to the leader: batches of proposals (one frame on the forward
+    /// stream each), read indexes and operator calls (one unary RPC each).
     pub forwarded: AtomicU64,
+    /// Forward streams opened to a leader (one per leader, and again after one ended).
+    pub forward_streams: AtomicU64,
     /// Proposals that went out in those RPCs.
     pub forwarded_commands: AtomicU64,
     /// Read-index rounds run (each may serve many linearizable reads).
@@ -94,7 +100,8 @@ pub struct WriteStats {
     /// append and fsync on a majority, replication, commit and apply
     /// (`stockade_raft_round_duration_seconds`).
     pub raft_round: Histogram,
-    /// Follower: per forward RPC to the leader, its round trip
+    /// Follower: per request forwarded (see `forwarded`), its round trip; for a batch of
+    /// proposals, from sending it until its last command's answer
     /// (`stockade_forward_duration_seconds`).
     pub forward_round: Histogram,
     /// Follower: per batch forwarded, how long its oldest proposal waited in the forward
@@ -108,6 +115,7 @@ impl Default for WriteStats {
             proposals: AtomicU64::default(),
             entries: AtomicU64::default(),
             forwarded: AtomicU64::default(),
+            forward_streams: AtomicU64::default(),
             forwarded_commands: AtomicU64::default(),
             read_rounds: AtomicU64::default(),
             linearizable_reads: AtomicU64::default(),
@@ -189,7 +197,7 @@ impl NodeCluster {
     }
 
     /// The leader id, waiting up to `LEADER_WAIT` for one to be elected.
-    async fn wait_leader(&self) -> Result<u64, ClusterError> {
+    pub(crate) async fn wait_leader(&self) -> Result<u64, ClusterError> {
         if let Some(l) = self.leader() {
             return Ok(l);
         }
@@ -206,7 +214,7 @@ impl NodeCluster {
         })
     }
 
-    fn raft_addr_of(&self, id: u64) -> Result<String, ClusterError> {
+    pub(crate) fn raft_addr_of(&self, id: u64) -> Result<String, ClusterError> {
         let m = self
             .raft
             .metrics()
@@ -221,8 +229,16 @@ impl NodeCluster {
             })
     }
 
-    /// Queues a proposal for the local group-commit batcher (leader only).
+    /// Queues a proposal for the local group-commit batcher (leader only) and waits for
+    /// its answer.
     pub(crate) async fn propose_local(&self, cmd: Command) -> Result<Response, ProposeError> {
+        let rx = self.enqueue_local(cmd)?;
+        self.await_local(rx).await
+    }
+
+    /// The first half of [`Self::propose_local`]: queues the proposal at once (so the
+    /// commands of a forwarded frame join the queue in their order).
+    pub(crate) fn enqueue_local(&self, cmd: Command) -> Result<LocalAnswer, ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.stats.proposals.fetch_add(1, Ordering::Relaxed);
         self.proposals
@@ -241,6 +257,11 @@ impl NodeCluster {
                     ProposeError::Cluster(internal("the batcher has stopped"))
                 }
             })?;
+        Ok(rx)
+    }
+
+    /// The second half of [`Self::propose_local`]: the answer, within the propose timeout.
+    pub(crate) async fn await_local(&self, rx: LocalAnswer) -> Result<Response, ProposeError> {
         match tokio::time::timeout(self.cfg.propose_timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(ProposeError::Cluster(ClusterError::Unknown(
@@ -334,9 +355,6 @@ impl NodeCluster {
                 .propose_local(cmd.clone())
                 .await
                 .map(ForwardResponse::Proposed),
-            ForwardRequest::ProposeMany(cmds) => Ok(ForwardResponse::ProposedMany(
-                crate::coalesce::propose_many(self, cmds.clone()).await,
-            )),
             ForwardRequest::ReadIndex => {
                 let read = self
                     .raft
@@ -394,42 +412,8 @@ impl NodeCluster {
         }
     }
 
-    /// A follower's forward batch, sent to whoever leads (served here if that is now
-    /// this node): one answer per command, in order, and the node that served them.
-    pub(crate) async fn forward_many(
-        &self,
-        cmds: Vec<Command>,
-    ) -> Result<(Vec<Result<Response, ClusterError>>, u64), ClusterError> {
-        let leader = self.wait_leader().await?;
-        let (items, by) = if leader == self.id {
-            (crate::coalesce::propose_many(self, cmds).await, self.id)
-        } else {
-            self.stats
-                .forwarded_commands
-                .fetch_add(cmds.len() as u64, Ordering::Relaxed);
-            match self
-                .forward(leader, &ForwardRequest::ProposeMany(cmds))
-                .await?
-            {
-                (ForwardResponse::ProposedMany(items), by) => (items, by),
-                (other, _) => return Err(internal(format!("unexpected answer {other:?}"))),
-            }
-        };
-        let answers = items
-            .into_iter()
-            .map(|r| r.map_err(ClusterError::from))
-            .collect();
-        Ok((answers, by))
-    }
-
     /// The answer to a request forwarded to this node.
     pub(crate) async fn handle_forward(&self, req: ForwardRequest) -> ForwardResult {
-        if let ForwardRequest::ProposeMany(cmds) = req {
-            // Not through `serve_as_leader`: no copy of the batch. A command that meets a
-            // lost leadership answers `NoLeader`, and the follower retries it.
-            let answers = crate::coalesce::propose_many(self, cmds).await;
-            return Ok((ForwardResponse::ProposedMany(answers), self.id));
-        }
         self.serve_as_leader(&req)
             .await
             .map(|r| (r, self.id))

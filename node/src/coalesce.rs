@@ -13,22 +13,23 @@
 //! it broadcasts a heartbeat per read; this gate makes it one per round.
 //!
 //! **Forward** ([`ForwardBatcher`]): on a follower, proposals bound for the leader are
-//! sent in batches, one `ProposeMany` RPC for all that queued while up to
-//! `--forward-inflight-max` (default `FORWARD_INFLIGHT_MAX`) earlier batches were in
-//! flight, instead of one gRPC call each. The leader feeds them to its group-commit
-//! queue together, so they usually share one log entry as well. Idle, a proposal goes
-//! out at once; no timer adds latency.
+//! sent in batches, one frame on the follower's forward stream (`crate::forward`) for all
+//! that queued while up to `--forward-inflight-max` (default `FORWARD_INFLIGHT_MAX`)
+//! earlier batches were in flight, instead of one message each. The leader feeds them to
+//! its group-commit queue together, so they usually share one log entry as well, and
+//! answers each as it commits. Idle, a proposal goes out at once; no timer adds latency.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use futures::future::join_all;
 use stockade_api::ClusterError;
 use stockade_raft_store::{Command, Response};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::cluster::NodeCluster;
-use crate::wire::WireError;
+use crate::forward::{BatchTimer, Session};
 
 /// Commands in one forwarded batch, by default (`--forward-batch-max`).
 pub const FORWARD_BATCH_MAX: usize = 256;
@@ -108,6 +109,7 @@ async fn drive_rounds(cluster: Weak<NodeCluster>) {
 }
 
 /// One proposal waiting to be forwarded, and where its answer goes.
+#[derive(Debug)]
 pub struct Forward {
     pub cmd: Command,
     pub reply: oneshot::Sender<Result<(Response, u64), ClusterError>>,
@@ -164,7 +166,8 @@ impl ForwardBatcher {
 }
 
 /// Drains the forward queue: a batch is formed when an in-flight slot is free, from
-/// everything queued by then (up to the batch limit), and sent to whoever leads.
+/// everything queued by then (up to the batch limit), and sent to whoever leads as one
+/// frame on this node's forward stream to it (`crate::forward`).
 pub async fn run_forwarder(cluster: Weak<NodeCluster>, queue: ForwardQueue) {
     let ForwardQueue {
         mut rx,
@@ -172,6 +175,7 @@ pub async fn run_forwarder(cluster: Weak<NodeCluster>, queue: ForwardQueue) {
         inflight_max,
     } = queue;
     let slots = Arc::new(Semaphore::new(inflight_max));
+    let mut session: Option<Session> = None;
     while let Some(first) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
@@ -189,45 +193,72 @@ pub async fn run_forwarder(cluster: Weak<NodeCluster>, queue: ForwardQueue) {
         c.stats
             .forward_wait
             .observe(first_queued.elapsed().as_secs_f64());
+        send_batch(&c, &mut session, batch, permit).await;
+    }
+}
+
+/// Sends one batch to whoever leads, on the stream to that leader (a new one when the
+/// leader changed or the last stream ended), or serves it here if this node leads now.
+async fn send_batch(
+    c: &Arc<NodeCluster>,
+    session: &mut Option<Session>,
+    batch: Vec<Forward>,
+    permit: OwnedSemaphorePermit,
+) {
+    let leader = match c.wait_leader().await {
+        Ok(l) => l,
+        Err(e) => return fail_all(batch, e),
+    };
+    if leader == c.id {
+        let c = c.clone();
         tokio::spawn(async move {
-            send_batch(&c, batch).await;
+            join_all(batch.into_iter().map(|f| {
+                let c = &c;
+                async move {
+                    let answer = c
+                        .propose_local(f.cmd)
+                        .await
+                        .map(|r| (r, c.id))
+                        .map_err(|e| ClusterError::from(crate::cluster::propose_to_wire(e)));
+                    let _ = f.reply.send(answer);
+                }
+            }))
+            .await;
             drop(permit);
         });
+        return;
     }
-}
-
-async fn send_batch(c: &NodeCluster, batch: Vec<Forward>) {
-    let (cmds, replies): (Vec<Command>, Vec<_>) =
-        batch.into_iter().map(|f| (f.cmd, f.reply)).unzip();
-    let n = replies.len();
-    let answers: Vec<Result<(Response, u64), ClusterError>> = match c.forward_many(cmds).await {
-        Ok((items, served_by)) if items.len() == n => items
-            .into_iter()
-            .map(|r| r.map(|resp| (resp, served_by)))
-            .collect(),
-        Ok((items, _)) => (0..n)
-            .map(|_| {
-                Err(ClusterError::Internal(format!(
-                    "the leader answered {} of {n} forwarded commands",
-                    items.len()
-                )))
-            })
-            .collect(),
-        Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+    let addr = match c.raft_addr_of(leader) {
+        Ok(a) => a,
+        Err(e) => return fail_all(batch, e),
     };
-    for (reply, answer) in replies.into_iter().zip(answers) {
-        let _ = reply.send(answer);
+    c.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+    c.stats
+        .forwarded_commands
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    if !session.as_ref().is_some_and(|s| s.serves(leader, &addr)) {
+        c.stats.forward_streams.fetch_add(1, Ordering::Relaxed);
+        let ttl = c.pool.config().forward_timeout;
+        *session = Some(Session::open(&c.pool, leader, addr, ttl));
+    }
+    let timer = BatchTimer::start(permit, c.stats.clone());
+    if let Some(s) = session.as_ref() {
+        if let Err(batch) = s.submit(batch, timer).await {
+            // That stream ended just before: nothing was sent, and the callers retry on
+            // whoever leads by then.
+            *session = None;
+            fail_all(
+                batch,
+                ClusterError::NoLeader {
+                    retry_after_ms: crate::cluster::NO_LEADER_RETRY_MS,
+                },
+            );
+        }
     }
 }
 
-/// The leader side: every forwarded command joins the group-commit queue at once; each
-/// answer is as it crosses the wire (a lost leadership is `NoLeader`, retried by the
-/// follower).
-pub async fn propose_many(c: &NodeCluster, cmds: Vec<Command>) -> Vec<Result<Response, WireError>> {
-    join_all(cmds.into_iter().map(|cmd| async move {
-        c.propose_local(cmd)
-            .await
-            .map_err(crate::cluster::propose_to_wire)
-    }))
-    .await
+fn fail_all(batch: Vec<Forward>, e: ClusterError) {
+    for f in batch {
+        let _ = f.reply.send(Err(e.clone()));
+    }
 }

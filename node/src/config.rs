@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use stockade_raft_store::limits::BATCH_COMMANDS_MAX;
 
-/// Most entries (`--inflight-entries-max`) or forward RPCs (`--forward-inflight-max`) a
+/// Most entries (`--inflight-entries-max`) or forward batches (`--forward-inflight-max`) a
 /// node may have in flight at once: each is a batch of up to `BATCH_COMMANDS_MAX`
 /// commands held in memory until answered, and the defaults are 8 and 16.
 pub const INFLIGHT_LIMIT: usize = 1_024;
@@ -113,11 +113,13 @@ pub struct Args {
     /// pipelined.
     #[arg(long, env = "STOCKADE_INFLIGHT_ENTRIES_MAX", default_value_t = 8)]
     pub inflight_entries_max: usize,
-    /// Proposals a follower sends the leader in one forward RPC (1 = one RPC each).
+    /// Proposals a follower sends the leader in one forward batch, one message on its
+    /// forward stream (1 = one message each).
     #[arg(long, env = "STOCKADE_FORWARD_BATCH_MAX", default_value_t = crate::coalesce::FORWARD_BATCH_MAX)]
     pub forward_batch_max: usize,
-    /// Forward RPCs a follower has in flight to the leader at once; proposals queue for a
-    /// free slot and the next RPC takes all queued (`stockade_forward_wait_seconds`).
+    /// Forward batches a follower has in flight to the leader at once (a batch holds its
+    /// slot until its last command is answered); proposals queue for a free slot and the
+    /// next batch takes all queued (`stockade_forward_wait_seconds`).
     #[arg(long, env = "STOCKADE_FORWARD_INFLIGHT_MAX", default_value_t = crate::coalesce::FORWARD_INFLIGHT_MAX)]
     pub forward_inflight_max: usize,
     #[arg(long, env = "STOCKADE_PROPOSE_TIMEOUT_MS", default_value_t = 5_000)]

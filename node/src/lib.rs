@@ -10,10 +10,13 @@ pub mod batcher;
 pub mod cluster;
 pub mod coalesce;
 pub mod config;
+pub mod forward;
 pub mod local;
 pub mod metrics;
 pub mod network;
 pub mod stamp;
+#[cfg(test)]
+mod testpeer;
 pub mod ticker;
 pub mod transport;
 pub mod wire;
@@ -189,6 +192,7 @@ pub async fn start(cfg: Config) -> Result<NodeHandle, StartError> {
         cluster: cluster.clone(),
         snapshot_dir: sm.snapshot_dir().to_path_buf(),
         incoming: Default::default(),
+        stop: shutdown_rx.clone(),
     };
     let api = stockade_api::Api::new(cluster.clone(), stockade_api::ApiLimits::default());
     let grpc_routes = api.grpc_routes().add_service(

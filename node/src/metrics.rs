@@ -109,8 +109,14 @@ pub fn render(c: &NodeCluster) -> String {
     counter(
         &mut out,
         "stockade_forwarded_requests",
-        "Forward RPCs to the leader (one per batch of proposals).",
+        "Requests forwarded to the leader: proposal batches (one forward-stream frame each), read indexes, operator calls.",
         c.stats.forwarded.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "stockade_forward_streams_opened",
+        "Forward streams opened to a leader (one per leader, again after one ended).",
+        c.stats.forward_streams.load(Ordering::Relaxed),
     );
     counter(
         &mut out,
@@ -260,7 +266,7 @@ fn stages(out: &mut String, c: &NodeCluster) {
         ),
         (
             "forward_duration_seconds",
-            "Follower: each forward RPC to the leader, round trip.",
+            "Follower: per request forwarded, its round trip (a proposal batch: until its last answer).",
             c.stats.forward_round.clone(),
         ),
     ] {

@@ -453,66 +453,14 @@ pub async fn receive_snapshot(
 
 #[cfg(test)]
 mod tests {
-    use std::pin::Pin;
     use std::time::Instant;
 
-    use futures::Stream;
-    use stockade_proto::raft::raft_transport_server::{RaftTransport, RaftTransportServer};
-    use tonic::{Request, Response, Status, Streaming};
-
     use super::*;
-
-    /// A follower that takes every AppendEntries and never answers.
-    struct Silent;
-
-    #[tonic::async_trait]
-    impl RaftTransport for Silent {
-        type StreamAppendStream = Pin<Box<dyn Stream<Item = Result<Envelope, Status>> + Send>>;
-
-        async fn stream_append(
-            &self,
-            req: Request<Streaming<Envelope>>,
-        ) -> Result<Response<Self::StreamAppendStream>, Status> {
-            let mut input = req.into_inner();
-            tokio::spawn(async move { while let Some(Ok(_)) = input.next().await {} });
-            Ok(Response::new(Box::pin(futures::stream::pending())))
-        }
-        async fn append_entries(&self, _: Request<Envelope>) -> Result<Response<Envelope>, Status> {
-            Err(Status::unimplemented("silent"))
-        }
-        async fn vote(&self, _: Request<Envelope>) -> Result<Response<Envelope>, Status> {
-            Err(Status::unimplemented("silent"))
-        }
-        async fn pre_vote(&self, _: Request<Envelope>) -> Result<Response<Envelope>, Status> {
-            Err(Status::unimplemented("silent"))
-        }
-        async fn transfer_leader(
-            &self,
-            _: Request<Envelope>,
-        ) -> Result<Response<Envelope>, Status> {
-            Err(Status::unimplemented("silent"))
-        }
-        async fn install_snapshot(
-            &self,
-            _: Request<Streaming<SnapshotChunk>>,
-        ) -> Result<Response<Envelope>, Status> {
-            Err(Status::unimplemented("silent"))
-        }
-        async fn forward(&self, _: Request<Envelope>) -> Result<Response<Envelope>, Status> {
-            Err(Status::unimplemented("silent"))
-        }
-    }
+    use crate::testpeer::{FakePeer, ForwardMode};
 
     async fn silent_peer() -> (Conn, tokio::task::JoinHandle<()>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let _ = tonic::transport::Server::builder()
-                .add_service(RaftTransportServer::new(Silent))
-                .serve_with_incoming(incoming)
-                .await;
-        });
+        // A follower that takes every AppendEntries and never answers.
+        let (addr, server) = FakePeer::spawn(ForwardMode::Silent).await;
         let pool = Pool::new(NetConfig {
             connect_timeout: Duration::from_secs(1),
             forward_timeout: Duration::from_secs(1),

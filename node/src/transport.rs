@@ -25,6 +25,9 @@ pub struct TransportService {
     pub cluster: Arc<NodeCluster>,
     pub snapshot_dir: std::path::PathBuf,
     pub incoming: AtomicU64,
+    /// Turns true when the node shuts down: forward streams end then (see
+    /// `crate::forward::serve`).
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 fn answer<T: Serialize, E: std::fmt::Display>(
@@ -39,6 +42,7 @@ fn answer<T: Serialize, E: std::fmt::Display>(
 #[tonic::async_trait]
 impl RaftTransport for TransportService {
     type StreamAppendStream = Pin<Box<dyn Stream<Item = Result<Envelope, Status>> + Send>>;
+    type ForwardStreamStream = Pin<Box<dyn Stream<Item = Result<Envelope, Status>> + Send>>;
 
     async fn append_entries(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         self.cluster
@@ -138,6 +142,18 @@ impl RaftTransport for TransportService {
         // The store kept its own verified copy; the received file is no longer needed.
         let _ = std::fs::remove_file(&path);
         answer(result)
+    }
+
+    /// A follower's forward stream (see `crate::forward`).
+    async fn forward_stream(
+        &self,
+        req: Request<Streaming<Envelope>>,
+    ) -> Result<Response<Self::ForwardStreamStream>, Status> {
+        Ok(Response::new(crate::forward::serve(
+            self.cluster.clone(),
+            req.into_inner(),
+            self.stop.clone(),
+        )))
     }
 
     async fn forward(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {

@@ -37,11 +37,9 @@ pub enum ForwardRequest {
         to: u64,
     },
     /// A linearizable read index: the leader confirms its leadership and answers the
-    /// index a follower must have applied before it reads.
+    /// index a follower must have applied before it reads. New variants go last: bincode
+    /// numbers them.
     ReadIndex,
-    /// Many proposals at once (a follower's forward batch, see `crate::coalesce`); each
-    /// gets its own answer, in order. New variants go last: bincode numbers them.
-    ProposeMany(Vec<Command>),
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -49,7 +47,19 @@ pub enum ForwardResponse {
     Proposed(Response),
     Done,
     ReadIndex(u64),
-    ProposedMany(Vec<Result<Response, WireError>>),
+}
+
+/// One message of a follower's forward stream (`crate::forward`): proposals, each with a
+/// tag the follower chose, so that answers, which come back as commands commit, find
+/// their callers.
+pub type ForwardFrame = Vec<(u64, Command)>;
+
+/// One message back on a forward stream: the node that served the commands, and answers
+/// by tag (as a lost leadership crosses the wire: `NoLeader`, retried by the follower).
+#[derive(Serialize, Deserialize, Debug)]
+pub struct AnswerFrame {
+    pub served_by: u64,
+    pub answers: Vec<(u64, Result<Response, WireError>)>,
 }
 
 /// `ClusterError` as it crosses the wire (the API crate's type has no serde on purpose).

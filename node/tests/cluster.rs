@@ -271,14 +271,17 @@ async fn writes_through_a_follower_reach_the_leader_and_every_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_failover_keeps_every_acknowledged_hold_and_never_oversells() {
+    use std::sync::atomic::Ordering;
     let mut c = TestCluster::start(3, &[]).await;
     let leader = c.leader().await;
     c.create_sale(leader, sale(10, 600_000)).await;
+    // Through both followers, so that each has a forward stream open to the leader.
+    let followers: Vec<u64> = c.nodes.keys().copied().filter(|&id| id != leader).collect();
     let mut granted = BTreeMap::new();
     for i in 0..6 {
         if let (Response::Held(g), _) = c
             .propose(
-                c.follower(leader),
+                followers[i % 2],
                 reserve(&format!("u{i}"), &format!("r{i}")),
             )
             .await
@@ -287,9 +290,22 @@ async fn leader_failover_keeps_every_acknowledged_hold_and_never_oversells() {
         }
     }
     assert_eq!(granted.len(), 6);
+    let streams = |c: &TestCluster, id: u64| {
+        c.nodes[&id]
+            .cluster
+            .stats()
+            .forward_streams
+            .load(Ordering::Relaxed)
+    };
+    for &f in &followers {
+        assert_eq!(streams(&c, f), 1, "node {f} forwards on one stream");
+    }
     c.stop(leader).await;
     let new_leader = c.leader().await;
     assert_ne!(new_leader, leader);
+    // The follower left still has its stream to the stopped leader: its proposals must
+    // reach the new leader (answered, never an error from the old one).
+    let survivor = c.follower(new_leader);
     // Every acknowledged hold is still there, and the stock still adds up.
     let view = c.nodes[&new_leader]
         .cluster
@@ -307,16 +323,22 @@ async fn leader_failover_keeps_every_acknowledged_hold_and_never_oversells() {
     let mut more = 0;
     for i in 6..14 {
         match c
-            .propose(new_leader, reserve(&format!("u{i}"), &format!("r{i}")))
+            .propose(survivor, reserve(&format!("u{i}"), &format!("r{i}")))
             .await
-            .0
         {
-            Response::Held(_) => more += 1,
-            Response::Rejected(Reject::SoldOut) => {}
+            (Response::Held(_), by) => {
+                assert_eq!(by, new_leader, "served by the new leader");
+                more += 1
+            }
+            (Response::Rejected(Reject::SoldOut), _) => {}
             other => panic!("unexpected {other:?}"),
         }
     }
     assert_eq!(more, 4);
+    assert!(
+        streams(&c, survivor) >= 2,
+        "a new stream, to the new leader"
+    );
     let counters = counters_on(&c.nodes[&new_leader], ReadLevel::Linearizable).await;
     assert_eq!(
         counters,
