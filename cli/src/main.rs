@@ -13,6 +13,16 @@ use clap::Parser;
 use stockade_cli::{run, Cli};
 
 fn main() {
+    // Rust starts programs with SIGPIPE ignored, so a write to a closed stdout
+    // (`stockctl … | head`, a reader that died) is an error, and `println!` panics on it
+    // with a backtrace. A command-line tool should end quietly then, as `cat` does: the
+    // default disposition ends the process by the signal (exit status 141 in a shell).
+    // SAFETY: the first thing the program does, before any other thread exists; SIG_DFL
+    // is a valid disposition for SIGPIPE.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

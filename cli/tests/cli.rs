@@ -145,6 +145,24 @@ fn completions_are_generated() {
 }
 
 #[test]
+fn a_closed_stdout_ends_the_program_quietly_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    // The reading end is closed before the program starts, so its first write fails.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stockctl"))
+        .args(["completions", "bash"])
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run stockctl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+}
+
+#[test]
 fn sale_create_from_a_bad_file_is_a_usage_error() {
     let dir = tempfile::tempdir().expect("tmp");
     let f = dir.path().join("spec.json");
