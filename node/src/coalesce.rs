@@ -237,23 +237,23 @@ async fn send_batch(
         .forwarded_commands
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
     if !session.as_ref().is_some_and(|s| s.serves(leader, &addr)) {
-        c.stats.forward_streams.fetch_add(1, Ordering::Relaxed);
-        let ttl = c.pool.config().forward_timeout;
-        *session = Some(Session::open(&c.pool, leader, addr, ttl));
+        *session = None;
     }
+    let s = session.get_or_insert_with(|| {
+        c.stats.forward_streams.fetch_add(1, Ordering::Relaxed);
+        Session::open(&c.pool, leader, addr, c.pool.config().forward_timeout)
+    });
     let timer = BatchTimer::start(permit, c.stats.clone());
-    if let Some(s) = session.as_ref() {
-        if let Err(batch) = s.submit(batch, timer).await {
-            // That stream ended just before: nothing was sent, and the callers retry on
-            // whoever leads by then.
-            *session = None;
-            fail_all(
-                batch,
-                ClusterError::NoLeader {
-                    retry_after_ms: crate::cluster::NO_LEADER_RETRY_MS,
-                },
-            );
-        }
+    if let Err(batch) = s.submit(batch, timer).await {
+        // That stream ended just before: nothing was sent, and the callers retry on
+        // whoever leads by then.
+        *session = None;
+        fail_all(
+            batch,
+            ClusterError::NoLeader {
+                retry_after_ms: crate::cluster::NO_LEADER_RETRY_MS,
+            },
+        );
     }
 }
 

@@ -35,9 +35,10 @@
 //! `stockade_forward_duration_seconds` is observed.
 //!
 //! Limits: `FORWARD_FRAMES_QUEUED_MAX` frames wait to be written on a follower's stream;
-//! the leader serves at most `FORWARD_STREAM_PENDING_MAX` commands of one stream at once
-//! (it stops reading the stream beyond that, and HTTP/2 flow control holds the follower
-//! back) and queues at most `FORWARD_ANSWER_FRAMES_MAX` answer frames for it.
+//! the leader stops reading a stream while it serves `FORWARD_STREAM_PENDING_MAX` or more
+//! of its commands (so at most that plus one frame's `--forward-batch-max`), and HTTP/2
+//! flow control holds the follower back; it queues at most `FORWARD_ANSWER_FRAMES_MAX`
+//! answer frames for it.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -60,7 +61,7 @@ use crate::wire::{self, AnswerFrame, ForwardFrame, WireError};
 
 /// Frames waiting to be written on one follower's forward stream.
 pub const FORWARD_FRAMES_QUEUED_MAX: usize = 64;
-/// Commands of one forward stream the leader serves at once.
+/// Commands of one forward stream the leader serves before it stops reading more frames.
 pub const FORWARD_STREAM_PENDING_MAX: usize = 16_384;
 /// Answer frames the leader queues for one forward stream.
 pub const FORWARD_ANSWER_FRAMES_MAX: usize = 64;
