@@ -531,7 +531,7 @@ impl<C: Cluster> pb::stockade_server::Stockade for StockadeService<C> {
         req: Request<pb::CreateSaleRequest>,
     ) -> GrpcResult<pb::SaleIdResponse> {
         let spec = spec_from_pb(req.into_inner().spec)?;
-        match propose(&self.s, Command::CreateSale(spec)).await? {
+        match propose(&self.s, Command::CreateSale(Box::new(spec))).await? {
             (Answer::SaleCreated { sale_id }, by) => ok(pb::SaleIdResponse { sale_id }, by),
             (other, _) => Err(core::unexpected("create_sale", &other).into()),
         }
@@ -542,7 +542,7 @@ impl<C: Cluster> pb::stockade_server::Stockade for StockadeService<C> {
         req: Request<pb::UpdateSaleRequest>,
     ) -> GrpcResult<pb::SaleIdResponse> {
         let spec = spec_from_pb(req.into_inner().spec)?;
-        match propose(&self.s, Command::UpdateSale(spec)).await? {
+        match propose(&self.s, Command::UpdateSale(Box::new(spec))).await? {
             (Answer::SaleUpdated { sale_id }, by) => ok(pb::SaleIdResponse { sale_id }, by),
             (other, _) => Err(core::unexpected("update_sale", &other).into()),
         }

@@ -331,7 +331,7 @@ async fn create_sale<C: Cluster>(
     State(s): St<C>,
     ApiJson(spec): ApiJson<SaleSpecDto>,
 ) -> ApiResult {
-    match propose(&s, Command::CreateSale(spec.into())).await? {
+    match propose(&s, Command::CreateSale(Box::new(spec.into()))).await? {
         (Answer::SaleCreated { sale_id }, by) => {
             Ok(reply(StatusCode::CREATED, by, SaleIdDto { sale_id }))
         }
@@ -358,7 +358,7 @@ async fn update_sale<C: Cluster>(
             "must equal the sale id in the path",
         ));
     }
-    match propose(&s, Command::UpdateSale(spec.into())).await? {
+    match propose(&s, Command::UpdateSale(Box::new(spec.into()))).await? {
         (Answer::SaleUpdated { sale_id }, by) => {
             Ok(reply(StatusCode::OK, by, SaleIdDto { sale_id }))
         }

@@ -75,7 +75,7 @@ async fn main() {
             payment_window_ms: 600_000,
         };
         let created = leader
-            .propose(Command::CreateSale(spec))
+            .propose(Command::CreateSale(Box::new(spec)))
             .await
             .expect("create");
         assert_eq!(

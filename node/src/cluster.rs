@@ -198,9 +198,14 @@ impl NodeCluster {
 
     /// The leader id, waiting up to `LEADER_WAIT` for one to be elected.
     pub(crate) async fn wait_leader(&self) -> Result<u64, ClusterError> {
-        if let Some(l) = self.leader() {
-            return Ok(l);
+        match self.leader() {
+            Some(l) => Ok(l),
+            // Rare, and openraft's wait future is large: boxed (see `on_leader`).
+            None => Box::pin(self.wait_for_leader()).await,
         }
+    }
+
+    async fn wait_for_leader(&self) -> Result<u64, ClusterError> {
         let m = self
             .raft
             .wait(Some(LEADER_WAIT))
@@ -301,6 +306,17 @@ impl NodeCluster {
     /// `Overloaded`, a 429 that tells the client nothing happened) would then be a false
     /// answer, so after such an attempt that refusal becomes `Unknown`: the client
     /// retries with the same request id and gets the recorded answer.
+    ///
+    /// **Size.** Every request's future contains this one, and a gRPC stream copies each
+    /// request's future into its task set when the request arrives; an async fn's future
+    /// is as large as its largest branch. So only the branches every proposal takes (the
+    /// local queue, the forward stream) are awaited in place; a unary forward, openraft's
+    /// membership calls and waiting for a leader are boxed where they are awaited (and
+    /// `Command` boxes its one large variant). That took a proposal's future from 4,000
+    /// to 968 bytes and a linearizable read's from 2,136 to 72 (debug build), and
+    /// `memmove`'s share of a follower's CPU in a sold-out hammer from 6.2% to 2.7%
+    /// (`docs/benchmarks.md`, twenty-first session); `the_futures_every_request_takes_
+    /// stay_small` in `tests/cluster.rs` holds the line.
     async fn on_leader(&self, req: ForwardRequest) -> Result<(ForwardResponse, u64), ClusterError> {
         let mut last = ClusterError::NoLeader {
             retry_after_ms: NO_LEADER_RETRY_MS,
@@ -316,7 +332,7 @@ impl NodeCluster {
                         // Lost leadership on the way: wait for the next one and retry.
                         maybe_sent = true;
                         if let Some(h) = hint.filter(|&h| h != self.id) {
-                            self.forward(h, &req).await
+                            Box::pin(self.forward(h, &req)).await
                         } else {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             continue;
@@ -329,7 +345,7 @@ impl NodeCluster {
                     .await
                     .map(|(r, by)| (ForwardResponse::Proposed(r), by))
             } else {
-                self.forward(leader, &req).await
+                Box::pin(self.forward(leader, &req)).await
             };
             match result {
                 Ok(ok) => return Ok(ok),
@@ -350,6 +366,18 @@ impl NodeCluster {
         &self,
         req: &ForwardRequest,
     ) -> Result<ForwardResponse, ProposeError> {
+        match req {
+            ForwardRequest::Propose(cmd) => self
+                .propose_local(cmd.clone())
+                .await
+                .map(ForwardResponse::Proposed),
+            // Read-index rounds and operator calls: boxed (see `on_leader`, "Size").
+            other => Box::pin(self.serve_other(other)).await,
+        }
+    }
+
+    /// [`Self::serve_as_leader`] for everything but a proposal.
+    async fn serve_other(&self, req: &ForwardRequest) -> Result<ForwardResponse, ProposeError> {
         match req {
             ForwardRequest::Propose(cmd) => self
                 .propose_local(cmd.clone())
@@ -532,13 +560,14 @@ impl Cluster for NodeCluster {
                     served_by: self.id,
                 });
             }
-            self.raft
-                .wait(Some(self.cfg.read_timeout))
-                .applied_index_at_least(Some(index), "linearizable read")
-                .await
-                .map_err(|_| {
-                    ClusterError::Unknown(format!("did not apply up to {index} in time"))
-                })?;
+            // Boxed: rare (the apply is behind the read index), and the future is large.
+            Box::pin(
+                self.raft
+                    .wait(Some(self.cfg.read_timeout))
+                    .applied_index_at_least(Some(index), "linearizable read"),
+            )
+            .await
+            .map_err(|_| ClusterError::Unknown(format!("did not apply up to {index} in time")))?;
         }
         Ok(Served {
             value: self.sm.view(),

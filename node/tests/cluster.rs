@@ -90,7 +90,7 @@ impl TestCluster {
     }
 
     async fn create_sale(&self, via: u64, spec: SaleSpec) {
-        let (r, _) = self.propose(via, Command::CreateSale(spec)).await;
+        let (r, _) = self.propose(via, Command::CreateSale(Box::new(spec))).await;
         assert_eq!(
             r,
             Response::SaleCreated {
@@ -236,13 +236,48 @@ fn state_hash(h: &NodeHandle) -> u64 {
     h.cluster.state_hash().expect("state hash")
 }
 
+/// Most bytes a request's future may take (debug build, as the tests run). A gRPC stream
+/// moves each request's future into its task set when the request arrives, which copies
+/// it byte for byte: the branches few requests take (membership changes, a unary
+/// forward, waiting for a leader or for the apply to catch up) are boxed where they are
+/// awaited, so they do not set the size of the ones every reservation and refusal take.
+const REQUEST_FUTURE_BYTES_MAX: usize = 1_536;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_futures_every_request_takes_stay_small() {
+    let c = TestCluster::start(1, &[]).await;
+    let h = &c.nodes[&c.leader().await];
+    let sizes = [
+        (
+            "propose",
+            std::mem::size_of_val(&h.cluster.propose(reserve("ann", "r1"))),
+        ),
+        (
+            "linearizable read",
+            std::mem::size_of_val(&h.cluster.read(ReadLevel::Linearizable)),
+        ),
+        (
+            "stale read",
+            std::mem::size_of_val(&h.cluster.read(ReadLevel::Stale)),
+        ),
+    ];
+    eprintln!("future sizes (bytes): {sizes:?}");
+    for (what, bytes) in sizes {
+        assert!(
+            bytes <= REQUEST_FUTURE_BYTES_MAX,
+            "a {what} future takes {bytes} bytes (at most {REQUEST_FUTURE_BYTES_MAX})"
+        );
+    }
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_through_a_follower_reach_the_leader_and_every_replica() {
     let c = TestCluster::start(3, &[]).await;
     let leader = c.leader().await;
     let follower = c.follower(leader);
     let (r, by) = c
-        .propose(follower, Command::CreateSale(sale(5, 60_000)))
+        .propose(follower, Command::CreateSale(Box::new(sale(5, 60_000))))
         .await;
     assert_eq!(
         r,
@@ -636,7 +671,7 @@ async fn three_nodes_form_a_cluster_from_flags_alone() {
     assert!(m.current_leader.is_some());
     let created = n3
         .cluster
-        .propose(Command::CreateSale(sale(2, 60_000)))
+        .propose(Command::CreateSale(Box::new(sale(2, 60_000))))
         .await
         .unwrap();
     assert_eq!(

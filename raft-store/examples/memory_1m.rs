@@ -143,7 +143,7 @@ async fn main() {
         log_id(idx),
         LogEntry {
             at_ms: 0,
-            cmd: Command::CreateSale(spec).into(),
+            cmd: Command::CreateSale(Box::new(spec)).into(),
         },
     );
     sm.apply(stream::iter([Ok((create, None))])).await.unwrap();

@@ -179,7 +179,7 @@ async fn main() {
     };
     let first = next(LogEntry {
         at_ms: 0,
-        cmd: Command::CreateSale(spec).into(),
+        cmd: Command::CreateSale(Box::new(spec)).into(),
     });
     sm.apply(stream::iter([Ok((first, None))])).await.unwrap();
     for per_call in [1usize, 64] {

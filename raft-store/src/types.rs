@@ -69,9 +69,13 @@ pub struct SaleSpec {
 /// `EndSale`) are idempotent by content instead: repeating one changes nothing.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    CreateSale(SaleSpec),
+    /// Boxed, as is `UpdateSale`: a spec is about 200 bytes, every other variant at most
+    /// 112, and every proposal in flight (queues, batches, each request's future) takes
+    /// the size of the largest variant. Boxing is invisible on the wire (serde encodes a
+    /// `Box<T>` as its `T`; `tests/it/golden.rs` pins the bytes).
+    CreateSale(Box<SaleSpec>),
     /// Replaces the spec of a sale that has not started yet (same id).
-    UpdateSale(SaleSpec),
+    UpdateSale(Box<SaleSpec>),
     EndSale {
         sale_id: String,
     },

@@ -99,7 +99,7 @@ fn plus(mut base: Vec<Step>, more: impl IntoIterator<Item = Step>) -> Vec<Step> 
 }
 
 fn create(quantity: u32) -> Vec<Step> {
-    vec![(0, Command::CreateSale(spec(quantity)))]
+    vec![(0, Command::CreateSale(Box::new(spec(quantity))))]
 }
 
 /// Alice holds one unit: hold 1, expires at `HOLD_EXP`.
@@ -125,7 +125,7 @@ fn cod_ordered() -> Vec<Step> {
     vec![
         (
             0,
-            Command::CreateSale(spec_with(10, |s| s.payment_window_ms = 0)),
+            Command::CreateSale(Box::new(spec_with(10, |s| s.payment_window_ms = 0))),
         ),
         (2_000, reserve("alice", 1, "r1")),
         (3_000, checkout("alice", 1, "c1")),
@@ -249,7 +249,7 @@ fn cases() -> Vec<Case> {
             "create_sale/ok",
             vec![],
             0,
-            Command::CreateSale(spec(10)),
+            Command::CreateSale(Box::new(spec(10))),
             sale_created(),
         )
         .counters(10, 0, 0, 0),
@@ -257,7 +257,7 @@ fn cases() -> Vec<Case> {
             "create_sale/same_spec_again_is_ok",
             create(10),
             500,
-            Command::CreateSale(spec(10)),
+            Command::CreateSale(Box::new(spec(10))),
             sale_created(),
         )
         .counters(10, 0, 0, 0),
@@ -265,7 +265,7 @@ fn cases() -> Vec<Case> {
             "create_sale/same_spec_after_activity_changes_nothing",
             alice_holds(10),
             3_000,
-            Command::CreateSale(spec(10)),
+            Command::CreateSale(Box::new(spec(10))),
             sale_created(),
         )
         .counters(9, 1, 0, 0),
@@ -273,7 +273,7 @@ fn cases() -> Vec<Case> {
             "create_sale/different_spec_is_sale_exists",
             create(10),
             500,
-            Command::CreateSale(spec(11)),
+            Command::CreateSale(Box::new(spec(11))),
             rej(Reject::SaleExists),
         )
         .counters(10, 0, 0, 0),
@@ -281,7 +281,7 @@ fn cases() -> Vec<Case> {
             "create_sale/ends_at_the_clock_is_in_the_past",
             vec![],
             100_000,
-            Command::CreateSale(spec(10)),
+            Command::CreateSale(Box::new(spec(10))),
             invalid("ends_at_ms", "is already in the past"),
         )
         .no_sale(),
@@ -289,7 +289,7 @@ fn cases() -> Vec<Case> {
             "create_sale/ends_one_ms_after_the_clock_ok",
             vec![],
             99_999,
-            Command::CreateSale(spec(10)),
+            Command::CreateSale(Box::new(spec(10))),
             sale_created(),
         )
         .counters(10, 0, 0, 0),
@@ -297,7 +297,7 @@ fn cases() -> Vec<Case> {
             "create_sale/quantity_zero",
             vec![],
             0,
-            Command::CreateSale(spec(0)),
+            Command::CreateSale(Box::new(spec(0))),
             invalid("quantity", "must be 1..=10000000"),
         )
         .no_sale(),
@@ -305,7 +305,7 @@ fn cases() -> Vec<Case> {
             "create_sale/quantity_above_max",
             vec![],
             0,
-            Command::CreateSale(spec(SALE_QUANTITY_MAX + 1)),
+            Command::CreateSale(Box::new(spec(SALE_QUANTITY_MAX + 1))),
             invalid("quantity", "must be 1..=10000000"),
         )
         .no_sale(),
@@ -313,7 +313,7 @@ fn cases() -> Vec<Case> {
             "create_sale/lower_case_currency",
             vec![],
             0,
-            Command::CreateSale(spec_with(10, |s| s.currency = "eur".into())),
+            Command::CreateSale(Box::new(spec_with(10, |s| s.currency = "eur".into()))),
             invalid("currency", CURRENCY),
         )
         .no_sale(),
@@ -321,21 +321,21 @@ fn cases() -> Vec<Case> {
             "create_sale/upper_case_slug",
             vec![],
             0,
-            Command::CreateSale(spec_with(10, |s| s.id = "Spring-Drop".into())),
+            Command::CreateSale(Box::new(spec_with(10, |s| s.id = "Spring-Drop".into()))),
             invalid("id", SLUG),
         ),
         case(
             "create_sale/slug_starting_with_dash",
             vec![],
             0,
-            Command::CreateSale(spec_with(10, |s| s.id = "-drop".into())),
+            Command::CreateSale(Box::new(spec_with(10, |s| s.id = "-drop".into()))),
             invalid("id", SLUG),
         ),
         case(
             "create_sale/sale_price_above_list_price",
             vec![],
             0,
-            Command::CreateSale(spec_with(10, |s| s.sale_price_minor = 100_001)),
+            Command::CreateSale(Box::new(spec_with(10, |s| s.sale_price_minor = 100_001))),
             invalid("sale_price_minor", "above the list price"),
         )
         .no_sale(),
@@ -343,7 +343,7 @@ fn cases() -> Vec<Case> {
             "create_sale/ends_not_after_starts",
             vec![],
             0,
-            Command::CreateSale(spec_with(10, |s| s.ends_at_ms = 1_000)),
+            Command::CreateSale(Box::new(spec_with(10, |s| s.ends_at_ms = 1_000))),
             invalid("ends_at_ms", "must be after starts_at_ms"),
         )
         .no_sale(),
@@ -351,7 +351,7 @@ fn cases() -> Vec<Case> {
             "create_sale/per_user_limit_zero",
             vec![],
             0,
-            Command::CreateSale(spec_with(10, |s| s.per_user_limit = 0)),
+            Command::CreateSale(Box::new(spec_with(10, |s| s.per_user_limit = 0))),
             invalid("per_user_limit", "must be 1..=1000"),
         )
         .no_sale(),
@@ -359,7 +359,9 @@ fn cases() -> Vec<Case> {
             "create_sale/hold_ttl_below_min",
             vec![],
             0,
-            Command::CreateSale(spec_with(10, |s| s.hold_ttl_ms = HOLD_TTL_MS_MIN - 1)),
+            Command::CreateSale(Box::new(spec_with(10, |s| {
+                s.hold_ttl_ms = HOLD_TTL_MS_MIN - 1
+            }))),
             invalid("hold_ttl_ms", "must be 100..=86400000"),
         )
         .no_sale(),
@@ -367,7 +369,7 @@ fn cases() -> Vec<Case> {
             "create_sale/empty_sku",
             vec![],
             0,
-            Command::CreateSale(spec_with(10, |s| s.product.sku = String::new())),
+            Command::CreateSale(Box::new(spec_with(10, |s| s.product.sku = String::new()))),
             invalid("product.sku", "must be 1..=64 bytes"),
         )
         .no_sale(),
@@ -375,9 +377,9 @@ fn cases() -> Vec<Case> {
             "create_sale/image_url_not_http",
             vec![],
             0,
-            Command::CreateSale(spec_with(10, |s| {
+            Command::CreateSale(Box::new(spec_with(10, |s| {
                 s.product.image_url = "ftp://img.example/p.png".into()
-            })),
+            }))),
             invalid("product.image_url", "must be an http(s) URL"),
         )
         .no_sale(),
@@ -386,7 +388,7 @@ fn cases() -> Vec<Case> {
             "update_sale/ok_before_start_counters_follow_quantity",
             create(10),
             500,
-            Command::UpdateSale(spec(20)),
+            Command::UpdateSale(Box::new(spec(20))),
             Response::SaleUpdated {
                 sale_id: SALE.into(),
             },
@@ -394,9 +396,9 @@ fn cases() -> Vec<Case> {
         .counters(20, 0, 0, 0),
         case(
             "update_sale/same_update_twice_ok",
-            plus(create(10), [(500, Command::UpdateSale(spec(20)))]),
+            plus(create(10), [(500, Command::UpdateSale(Box::new(spec(20))))]),
             600,
-            Command::UpdateSale(spec(20)),
+            Command::UpdateSale(Box::new(spec(20))),
             Response::SaleUpdated {
                 sale_id: SALE.into(),
             },
@@ -406,7 +408,7 @@ fn cases() -> Vec<Case> {
             "update_sale/at_start_is_already_started",
             create(10),
             1_000,
-            Command::UpdateSale(spec(20)),
+            Command::UpdateSale(Box::new(spec(20))),
             rej(Reject::SaleAlreadyStarted),
         )
         .counters(10, 0, 0, 0),
@@ -414,7 +416,7 @@ fn cases() -> Vec<Case> {
             "update_sale/after_end_sale_before_start_is_ended",
             plus(create(10), [(500, end_sale(SALE))]),
             600,
-            Command::UpdateSale(spec(20)),
+            Command::UpdateSale(Box::new(spec(20))),
             rej(Reject::SaleEnded),
         )
         .counters(10, 0, 0, 0),
@@ -422,7 +424,7 @@ fn cases() -> Vec<Case> {
             "update_sale/unknown",
             vec![],
             0,
-            Command::UpdateSale(spec(20)),
+            Command::UpdateSale(Box::new(spec(20))),
             rej(Reject::SaleNotFound),
         )
         .no_sale(),
@@ -430,7 +432,7 @@ fn cases() -> Vec<Case> {
             "update_sale/invalid_spec",
             create(10),
             500,
-            Command::UpdateSale(spec(0)),
+            Command::UpdateSale(Box::new(spec(0))),
             invalid("quantity", "must be 1..=10000000"),
         )
         .counters(10, 0, 0, 0),
@@ -438,10 +440,10 @@ fn cases() -> Vec<Case> {
             "update_sale/ends_in_the_past",
             create(10),
             500,
-            Command::UpdateSale(spec_with(10, |s| {
+            Command::UpdateSale(Box::new(spec_with(10, |s| {
                 s.starts_at_ms = 100;
                 s.ends_at_ms = 500;
-            })),
+            }))),
             invalid("ends_at_ms", "is already in the past"),
         )
         .counters(10, 0, 0, 0),
@@ -451,7 +453,7 @@ fn cases() -> Vec<Case> {
                 create(10),
                 [(
                     500,
-                    Command::UpdateSale(spec_with(10, |s| s.ends_at_ms = 200_000)),
+                    Command::UpdateSale(Box::new(spec_with(10, |s| s.ends_at_ms = 200_000))),
                 )],
             ),
             600,
@@ -681,7 +683,7 @@ fn cases() -> Vec<Case> {
             plus(
                 vec![(
                     0,
-                    Command::CreateSale(spec_with(20, |s| s.per_user_limit = 20)),
+                    Command::CreateSale(Box::new(spec_with(20, |s| s.per_user_limit = 20))),
                 )],
                 [(2_000, holds_batch("alice", 15))],
             ),
@@ -695,7 +697,7 @@ fn cases() -> Vec<Case> {
             plus(
                 vec![(
                     0,
-                    Command::CreateSale(spec_with(20, |s| s.per_user_limit = 20)),
+                    Command::CreateSale(Box::new(spec_with(20, |s| s.per_user_limit = 20))),
                 )],
                 [(2_000, holds_batch("alice", HOLDS_PER_USER_MAX))],
             ),
@@ -842,7 +844,7 @@ fn cases() -> Vec<Case> {
             plus(
                 vec![(
                     0,
-                    Command::CreateSale(spec_with(10, |s| s.payment_window_ms = 0)),
+                    Command::CreateSale(Box::new(spec_with(10, |s| s.payment_window_ms = 0))),
                 )],
                 [(2_000, reserve("alice", 2, "r1"))],
             ),
@@ -1573,7 +1575,7 @@ fn cases() -> Vec<Case> {
             vec![],
             0,
             Command::Batch(vec![
-                Command::CreateSale(spec(10)),
+                Command::CreateSale(Box::new(spec(10))),
                 reserve("alice", 1, "r1"),
                 end_sale(SALE),
                 end_sale("nope"),
@@ -2124,7 +2126,7 @@ fn reserve_is_sold_out_while_anyone_waits_even_with_units_available() {
     let quantity = users * per_user + 1;
     let mut mem = Mem::default();
     let sale = spec_with(quantity, |s| s.per_user_limit = per_user + 1);
-    apply_all(&mut mem, vec![(0, Command::CreateSale(sale))]);
+    apply_all(&mut mem, vec![(0, Command::CreateSale(Box::new(sale)))]);
     let reserves: Vec<Command> = (0..users)
         .flat_map(|u| (0..per_user).map(move |i| reserve(&format!("u{u}"), 1, &format!("h{i}"))))
         .collect();
@@ -2203,8 +2205,8 @@ fn tick_handles_deadlines_in_time_order_a_bounded_batch_each() {
     apply_all(
         &mut mem,
         vec![
-            (0, Command::CreateSale(late)),
-            (0, Command::CreateSale(early)),
+            (0, Command::CreateSale(Box::new(late))),
+            (0, Command::CreateSale(Box::new(early))),
         ],
     );
     let batch = |sale: &str| {
@@ -2276,7 +2278,7 @@ fn tick_handles_deadlines_in_time_order_a_bounded_batch_each() {
 fn idempotency_record_is_purged_after_retention_then_the_request_acts_again() {
     let long = spec_with(10, |s| s.ends_at_ms = 10 * IDEMPOTENCY_RETENTION_MS);
     let mut mem = Mem::default();
-    apply_all(&mut mem, vec![(0, Command::CreateSale(long))]);
+    apply_all(&mut mem, vec![(0, Command::CreateSale(Box::new(long)))]);
     assert_eq!(
         mem.apply(2_000, reserve("alice", 1, "r1")),
         held_resp(1, 1, HOLD_EXP)
@@ -2334,7 +2336,7 @@ fn waitlist_full_at_the_max() {
         vec![
             (
                 0,
-                Command::CreateSale(spec_with(1, |s| s.per_user_limit = 1)),
+                Command::CreateSale(Box::new(spec_with(1, |s| s.per_user_limit = 1))),
             ),
             (2_000, reserve("alice", 1, "r1")),
         ],

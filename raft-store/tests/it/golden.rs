@@ -75,8 +75,8 @@ fn persisted_types_keep_their_bytes() {
         f,
     );
     let commands: Vec<Command> = vec![
-        Command::CreateSale(s.clone()),
-        Command::UpdateSale(s.clone()),
+        Command::CreateSale(Box::new(s.clone())),
+        Command::UpdateSale(Box::new(s.clone())),
         Command::EndSale {
             sale_id: SALE.into(),
         },

@@ -631,7 +631,7 @@ fn run_ops(quantity: u32, limit: u32, window_ms: u64, ops: &[Op]) -> Result<Run,
     let mut mem = Mem::default();
     let mut model = Model::new(s.clone());
     prop_assert_eq!(
-        mem.apply(0, Command::CreateSale(s)),
+        mem.apply(0, Command::CreateSale(Box::new(s))),
         Response::SaleCreated {
             sale_id: SALE.into()
         }
@@ -775,7 +775,7 @@ fn model_refuses_past_the_per_user_limit_like_the_machine() {
     s.per_user_limit = 1;
     let mut model = Model::new(s.clone());
     let mut mem = Mem::default();
-    mem.apply(0, Command::CreateSale(s));
+    mem.apply(0, Command::CreateSale(Box::new(s)));
     let first = reserve("a", 1, "r1");
     assert_eq!(model.apply(2_000, &first), mem.apply(2_000, first));
     // The model says limit_exceeded; an answer of Held would be a divergence.

@@ -9,7 +9,7 @@ use crate::common::*;
 #[test]
 fn sale_status_follows_the_clock_and_the_counters() {
     let mut m = Mem::default();
-    m.apply(0, Command::CreateSale(spec(1)));
+    m.apply(0, Command::CreateSale(Box::new(spec(1))));
     assert_eq!(m.sale().status, SaleStatus::Scheduled);
     assert_eq!(m.sale().as_of_ms, 0);
     m.apply(1_000, Command::Tick);
@@ -29,7 +29,7 @@ fn listings_page_in_id_order() {
     for id in ["c-sale", "a-sale", "b-sale"] {
         let mut s = spec(5);
         s.id = id.into();
-        m.apply(0, Command::CreateSale(s));
+        m.apply(0, Command::CreateSale(Box::new(s)));
     }
     let ids = |v: Vec<query::SaleView>| v.into_iter().map(|s| s.spec.id).collect::<Vec<_>>();
     assert_eq!(
@@ -43,7 +43,7 @@ fn listings_page_in_id_order() {
 
     let mut s = spec(10);
     s.per_user_limit = 10;
-    m.apply(0, Command::CreateSale(s));
+    m.apply(0, Command::CreateSale(Box::new(s)));
     let h1 = held(&m.apply(2_000, reserve("ann", 1, "r1"))).hold_id;
     let h2 = held(&m.apply(2_000, reserve("ann", 1, "r2"))).hold_id;
     let _other = held(&m.apply(2_000, reserve("bob", 1, "r3"))).hold_id;
@@ -75,7 +75,7 @@ fn listings_page_in_id_order() {
 #[test]
 fn waitlist_status_and_next_deadline() {
     let mut m = Mem::default();
-    m.apply(0, Command::CreateSale(spec(1)));
+    m.apply(0, Command::CreateSale(Box::new(spec(1))));
     assert_eq!(
         query::next_deadline_ms(&m.state).unwrap(),
         Some(100_000),
@@ -124,7 +124,7 @@ fn waitlist_status_and_next_deadline() {
 #[test]
 fn reserve_precheck_agrees_with_apply() {
     let mut m = Mem::default();
-    m.apply(0, Command::CreateSale(spec(2)));
+    m.apply(0, Command::CreateSale(Box::new(spec(2))));
     let pre = |m: &Mem, qty, t| query::reserve_precheck(&m.state, SALE, qty, t).unwrap();
     assert_eq!(
         pre(&m, 1, 500),

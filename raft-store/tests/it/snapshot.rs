@@ -30,7 +30,7 @@ pub fn workload(n: u64) -> Vec<LogEntry> {
     s.payment_window_ms = 600;
     let mut out = vec![LogEntry {
         at_ms: 0,
-        cmd: Command::CreateSale(s).into(),
+        cmd: Command::CreateSale(Box::new(s)).into(),
     }];
     for i in 0..n {
         let at = 1_000 + i * 7;
@@ -394,7 +394,7 @@ async fn deadline_floor_never_hides_a_live_deadline() {
     s.hold_ttl_ms = 100;
     s.per_user_limit = 1;
     let mut mem = Mem::default();
-    let created = mem.apply(0, Command::CreateSale(s));
+    let created = mem.apply(0, Command::CreateSale(Box::new(s)));
     assert_eq!(code(&created), "ok", "{created:?}");
     let mut at = 1_000;
     let mut expected_expiries = 0;
@@ -473,7 +473,7 @@ async fn the_tickers_scan_raises_the_floor_past_deleted_deadlines() {
     s.hold_ttl_ms = 60_000;
     s.per_user_limit = 1;
     let mut mem = Mem::default();
-    mem.apply(0, Command::CreateSale(s));
+    mem.apply(0, Command::CreateSale(Box::new(s)));
     let mut ids = Vec::new();
     for i in 0..10u64 {
         let g = held(&mem.apply(1_000 + i, reserve(&format!("u{i}"), 1, &format!("r{i}"))));
@@ -544,7 +544,7 @@ async fn reservation_gates_agree_with_the_state() {
     s.per_user_limit = 1;
     let ends = s.ends_at_ms;
     let mut mem = Mem::default();
-    mem.apply(0, Command::CreateSale(s)); // not started until 1_000
+    mem.apply(0, Command::CreateSale(Box::new(s))); // not started until 1_000
     let mut holds = Vec::new();
     for i in 0..5u64 {
         holds.push(held(
@@ -594,7 +594,7 @@ async fn reservation_gates_agree_with_the_state() {
     let other = vec![
         LogEntry {
             at_ms: 0,
-            cmd: Command::CreateSale(s).into(),
+            cmd: Command::CreateSale(Box::new(s)).into(),
         },
         LogEntry {
             at_ms: 1_500,
@@ -627,7 +627,7 @@ async fn waitlist_floor_never_hides_a_waiting_user() {
     s.per_user_limit = 1;
     let ttl = s.hold_ttl_ms;
     let mut mem = Mem::default();
-    let created = mem.apply(0, Command::CreateSale(s));
+    let created = mem.apply(0, Command::CreateSale(Box::new(s)));
     assert_eq!(code(&created), "ok", "{created:?}");
     let mut at = 1_000;
     let mut holds = Vec::new();
