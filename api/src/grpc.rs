@@ -10,7 +10,8 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::future::{self, Either};
+use futures::{FutureExt, Stream, StreamExt};
 use stockade_proto::v1 as pb;
 use stockade_raft_store::query::{self, SaleView};
 use stockade_raft_store::types::{self as t, HoldRecord, OrderRecord};
@@ -443,6 +444,18 @@ async fn reserve_item<C: Cluster>(
     }
 }
 
+/// Bytes of the futures that answer one `PurchaseStream` and one `ReserveStream` request
+/// on a cluster `C`: each is copied once into its box as its request arrives (see
+/// `Answering`, and `NodeCluster::on_leader` in the node crate, "Size"). For the node's
+/// tests, which know `C`.
+#[doc(hidden)]
+pub fn stream_request_future_bytes<C: Cluster>() -> [usize; 2] {
+    fn bytes<A, B, F>(_: impl Fn(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    [bytes(purchase_item::<C>), bytes(reserve_item::<C>)]
+}
+
 /// What a `PurchaseStreamRequest` without a command is told.
 const PURCHASE_COMMANDS: &str = "required: one of reserve, checkout, confirm_payment, \
      fail_payment, cancel_order, release, join_waitlist, leave_waitlist";
@@ -485,6 +498,18 @@ async fn purchase_item<C: Cluster>(
     }
 }
 
+/// What answers one request of a stream: `handle`'s future, boxed, or the error that ends
+/// the stream. `buffer_unordered` moves each into its task set as its request arrives,
+/// and the value has been moved a few times before (out of the closure, into `Map`, into
+/// the task); a request's future is a kilobyte or two (`stream_request_future_bytes`),
+/// so it is boxed once where it is made and only the pointer moves. (The `async` block
+/// this replaced also kept the captured `Result<Fut, Status>` beside the `Fut` it
+/// awaited.)
+type Answering<Fut, Resp> = Either<
+    future::Map<Pin<Box<Fut>>, fn(Resp) -> Result<Resp, Status>>,
+    future::Ready<Result<Resp, Status>>,
+>;
+
 /// Answers a request stream: up to `in_flight` requests handled at once, each answer
 /// sent as it completes. `buffer_unordered` pulls a new request only while fewer than
 /// `in_flight` are pending, so a fast sender waits (HTTP/2 flow control) instead of
@@ -501,13 +526,12 @@ where
     Fut: std::future::Future<Output = Resp> + Send + 'static,
 {
     let out = inbound
-        .map(move |request| {
-            let answer = request.map(&handle);
-            async move {
-                match answer {
-                    Ok(fut) => Ok(fut.await),
-                    Err(status) => Err(status),
+        .map(move |request| -> Answering<Fut, Resp> {
+            match request {
+                Ok(r) => {
+                    Either::Left(Box::pin(handle(r)).map(Ok as fn(Resp) -> Result<Resp, Status>))
                 }
+                Err(status) => Either::Right(future::ready(Err(status))),
             }
         })
         .buffer_unordered(in_flight.max(1));
