@@ -307,9 +307,9 @@ impl NodeCluster {
     /// answer, so after such an attempt that refusal becomes `Unknown`: the client
     /// retries with the same request id and gets the recorded answer.
     ///
-    /// **Size.** Every request's future contains this one, and a gRPC stream copies each
-    /// request's future into its task set when the request arrives; an async fn's future
-    /// is as large as its largest branch. So only the branches every proposal takes (the
+    /// **Size.** Every request's future contains this one, and each is copied, every byte,
+    /// when its request arrives (a gRPC stream boxes it then: `stockade_api::grpc`,
+    /// `Answering`); an async fn's future is as large as its largest branch. So only the branches every proposal takes (the
     /// local queue, the forward stream) are awaited in place; a unary forward, openraft's
     /// membership calls and waiting for a leader are boxed where they are awaited (and
     /// `Command` boxes its one large variant). That took a proposal's future from 4,000
