@@ -29,9 +29,12 @@ use stockade_raft_store::{Command, LogStore, NodeAddr, Raft, Reject, Response, S
 use tokio::sync::{mpsc, oneshot};
 
 use crate::coalesce::{ForwardBatcher, ReadIndexGate};
+use crate::lane::LaneError;
 use crate::network::{self, Pool};
 use crate::stamp::Stamper;
-use crate::wire::{ForwardRequest, ForwardResponse, ForwardResult, WireError};
+use crate::wire::{
+    ForwardRequest, ForwardResponse, ForwardResult, LaneAnswer, LaneRequest, WireError,
+};
 
 /// How long a client is told to wait when there is no leader.
 pub(crate) const NO_LEADER_RETRY_MS: u64 = 500;
@@ -299,6 +302,36 @@ impl NodeCluster {
         out.map_err(ClusterError::from)
     }
 
+    /// A read index from the leader, asked on this node's lane to it (`crate::lane`): one
+    /// message each way, not a call of its own. The leader serves it from its own
+    /// `ReadIndexGate`, so the rounds it runs for its own reads and for every follower's
+    /// are shared as well.
+    async fn read_index_on_lane(
+        &self,
+        leader: u64,
+    ) -> Result<(ForwardResponse, u64), ClusterError> {
+        let addr = self.raft_addr_of(leader)?;
+        self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let ttl = self.pool.config().forward_timeout;
+        let answer = crate::lane::call(&self.pool, &addr, &LaneRequest::ReadIndex, ttl).await;
+        self.stats
+            .forward_round
+            .observe(started.elapsed().as_secs_f64());
+        match answer {
+            Ok(LaneAnswer::ReadIndex(Ok(index))) => Ok((ForwardResponse::ReadIndex(index), leader)),
+            Ok(LaneAnswer::ReadIndex(Err(e))) => Err(e.into()),
+            Ok(other) => Err(internal(format!(
+                "node {leader} answered {other:?} to a read index"
+            ))),
+            // The leader went away or the connection broke: whoever leads next.
+            Err(LaneError::Broken { .. }) => Err(ClusterError::NoLeader {
+                retry_after_ms: NO_LEADER_RETRY_MS,
+            }),
+            Err(e @ LaneError::TimedOut { .. }) => Err(ClusterError::Unknown(e.to_string())),
+        }
+    }
+
     /// Runs a request that only the leader can serve, here or on the leader.
     ///
     /// An attempt that met a lost leadership may still take effect (its entry can be in
@@ -344,6 +377,8 @@ impl NodeCluster {
                     .forward(cmd.clone())
                     .await
                     .map(|(r, by)| (ForwardResponse::Proposed(r), by))
+            } else if let ForwardRequest::ReadIndex = req {
+                Box::pin(self.read_index_on_lane(leader)).await
             } else {
                 Box::pin(self.forward(leader, &req)).await
             };

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod coalesce;
 pub mod config;
 pub mod forward;
+pub mod lane;
 pub mod local;
 pub mod metrics;
 pub mod network;

@@ -140,7 +140,7 @@ pub fn render(c: &NodeCluster) -> String {
     for (name, help, v) in [
         (
             "stockade_raft_append_streams_opened",
-            "Replication streams (StreamAppend) opened as leader, heartbeats included.",
+            "Replication streams (StreamAppend) opened as leader (heartbeats go on peer lanes).",
             &t.append_streams_opened,
         ),
         (
@@ -157,6 +157,26 @@ pub fn render(c: &NodeCluster) -> String {
             "stockade_raft_appends_received_unary",
             "AppendEntries received as unary calls as follower.",
             &t.appends_received_unary,
+        ),
+        (
+            "stockade_peer_lanes_opened",
+            "Peer lanes (one stream to each peer for heartbeats and read indexes) this node opened.",
+            &t.lanes_opened,
+        ),
+        (
+            "stockade_peer_lane_calls_sent",
+            "Calls this node sent on peer lanes: heartbeats and other single AppendEntries as leader, read indexes as follower.",
+            &t.lane_calls_sent,
+        ),
+        (
+            "stockade_peer_lane_calls_received",
+            "Calls this node served on its peers' lanes.",
+            &t.lane_calls_received,
+        ),
+        (
+            "stockade_peer_lane_stalls",
+            "Peer lanes closed because a call went unanswered for its timeout.",
+            &t.lane_stalls,
         ),
         (
             "stockade_raft_append_streams_stalled",

@@ -16,9 +16,17 @@
 //! A long-lived stream has no deadline of its own, so a stall is detected by progress:
 //! when a request that was already sent one `hard_ttl` ago is still unanswered, the
 //! stream fails as `Unreachable` and openraft opens a new session (see
-//! `Conn::stream_append`). Heartbeats use the same path as a one-request
-//! stream. Not compatible with a node that lacks `StreamAppend` (all nodes of a cluster
-//! run the same version of this internal protocol).
+//! `Conn::stream_append`).
+//!
+//! **A one-request stream is one call on the peer's lane** (`crate::lane`): openraft sends
+//! every heartbeat (one per read-index round, so thousands a second under a sold-out
+//! crowd) and every probe that only syncs the commit index as a `stream_append` whose
+//! input ends after one request. `Conn::stream_append` takes the first request, looks
+//! (without waiting) whether the input has ended, and if so sends that request as one
+//! message on the long-lived lane instead of opening a `StreamAppend` call for it; the
+//! answer is converted as openraft's own sequential adapter converts a unary answer.
+//! Not compatible with a node that lacks `StreamAppend` or `Lane` (all nodes of a
+//! cluster run the same version of this internal protocol).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -26,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
@@ -77,6 +85,15 @@ pub struct TransportStats {
     pub appends_received_unary: AtomicU64,
     /// Streams this node failed because a sent request went unanswered for a `hard_ttl`.
     pub append_streams_stalled: AtomicU64,
+    /// Lanes (`crate::lane`) this node opened to its peers.
+    pub lanes_opened: AtomicU64,
+    /// Calls this node sent on lanes (heartbeats and other single AppendEntries as
+    /// leader, read indexes as follower).
+    pub lane_calls_sent: AtomicU64,
+    /// Calls this node served for its peers' lanes.
+    pub lane_calls_received: AtomicU64,
+    /// Lanes this node closed because a call went unanswered for its timeout.
+    pub lane_stalls: AtomicU64,
 }
 
 /// Channels to peers, by Raft address.
@@ -85,6 +102,7 @@ pub struct Pool {
     cfg: NetConfig,
     channels: Arc<Mutex<BTreeMap<String, Channel>>>,
     stats: Arc<TransportStats>,
+    lanes: Arc<crate::lane::Lanes>,
 }
 
 impl Pool {
@@ -93,7 +111,13 @@ impl Pool {
             cfg,
             channels: Arc::default(),
             stats: Arc::default(),
+            lanes: Arc::default(),
         }
+    }
+
+    /// This node's lanes to its peers (`crate::lane`).
+    pub fn lanes(&self) -> &crate::lane::Lanes {
+        &self.lanes
     }
 
     pub fn config(&self) -> &NetConfig {
@@ -237,6 +261,29 @@ impl RaftNetworkV2<TypeConfig> for Conn {
         let pool = self.pool.clone();
         let addr = self.addr.clone();
         Box::pin(async move {
+            // A stream that has one request ready and then ends (a heartbeat, a probe that
+            // syncs the commit index) is one call on the lane, not a stream of its own.
+            // Looking never waits: any other stream opens its call at once, with what was
+            // looked at put back in front.
+            let mut input = input.fuse();
+            let mut head = Vec::new();
+            if let Some(first) = input.next().now_or_never() {
+                let Some(first) = first else {
+                    return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, StreamItem>);
+                };
+                match input.next().now_or_never() {
+                    Some(None) => {
+                        let answer = append_on_lane(&pool, target, &addr, first, ttl).await;
+                        return Ok(
+                            Box::pin(futures::stream::once(futures::future::ready(answer)))
+                                as BoxStream<'s, StreamItem>,
+                        );
+                    }
+                    Some(Some(second)) => head.extend([first, second]),
+                    None => head.push(first),
+                }
+            }
+            let input = futures::stream::iter(head).chain(input);
             let mut client = pool.client(&addr).map_err(|s| status_to_rpc(target, s))?;
             let sent = Arc::new(AtomicU64::new(0));
             let (sent_in, stats_in) = (sent.clone(), pool.stats.clone());
@@ -408,6 +455,36 @@ impl RaftNetworkV2<TypeConfig> for Conn {
     }
 }
 
+/// One AppendEntries as a call on the lane to `addr` (see `crate::lane`), answered as
+/// `StreamAppend` answers it. A lane that broke or a call that timed out is
+/// `Unreachable`, as a stream that failed is.
+async fn append_on_lane(
+    pool: &Pool,
+    target: u64,
+    addr: &str,
+    req: AppendEntriesRequest<TypeConfig>,
+    ttl: Duration,
+) -> StreamItem {
+    // The range the request covers, as openraft's `log_id_range` (crate-private) has it.
+    let prev = req.prev_log_id;
+    let last = req
+        .entries
+        .last()
+        .map(openraft::entry::RaftEntry::log_id)
+        .or(prev);
+    let unreachable = |e: String| RPCError::Unreachable(Unreachable::new(&PeerError(target, e)));
+    match crate::lane::call(pool, addr, &wire::LaneRequest::Append(req), ttl).await {
+        Ok(wire::LaneAnswer::Append(Ok(resp))) => Ok(resp.into_stream_result(prev, last)),
+        Ok(wire::LaneAnswer::Append(Err(e))) => {
+            Err(RPCError::Network(NetworkError::new(&PeerError(target, e))))
+        }
+        Ok(other) => Err(unreachable(format!(
+            "answered {other:?} to an AppendEntries"
+        ))),
+        Err(e) => Err(unreachable(e.to_string())),
+    }
+}
+
 /// Sends a forwarded request to the leader at `addr`.
 pub async fn forward(
     pool: &Pool,
@@ -456,7 +533,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::testpeer::{FakePeer, ForwardMode};
+    use crate::testpeer::{FakePeer, ForwardMode, LaneMode};
 
     async fn silent_peer() -> (Conn, tokio::task::JoinHandle<()>) {
         // A follower that takes every AppendEntries and never answers.
@@ -520,6 +597,149 @@ mod tests {
         assert_eq!(stalls(&conn), 1);
         assert_eq!(conn.pool.stats().appends_sent.load(Ordering::Relaxed), 1);
         server.abort();
+    }
+
+    async fn peer_with_lanes(lane: LaneMode) -> (Conn, tokio::task::JoinHandle<()>) {
+        let (addr, server) = FakePeer::spawn_with(ForwardMode::Silent, lane).await;
+        let pool = Pool::new(NetConfig {
+            connect_timeout: Duration::from_secs(1),
+            forward_timeout: Duration::from_secs(1),
+            snapshot_timeout: Duration::from_secs(1),
+        });
+        let conn = Conn {
+            target: 9,
+            addr: addr.to_string(),
+            pool,
+        };
+        (conn, server)
+    }
+
+    fn count(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    /// Sends one heartbeat as openraft's heartbeat worker does (a one-request stream) and
+    /// returns every answer the call yields.
+    async fn one_heartbeat(conn: &mut Conn, ttl: Duration) -> Vec<StreamItem> {
+        let input = Box::pin(futures::stream::once(async { heartbeat() }));
+        match conn.stream_append(input, RPCOption::new(ttl)).await {
+            Ok(answers) => answers.collect().await,
+            Err(e) => vec![Err(e)],
+        }
+    }
+
+    #[tokio::test]
+    async fn heartbeats_are_calls_on_one_lane_not_streams_of_their_own() {
+        let (mut conn, server) = peer_with_lanes(LaneMode::Answer).await;
+        for i in 1..=3u64 {
+            let answers = one_heartbeat(&mut conn, Duration::from_secs(5)).await;
+            // `Success` for a request with no entries after no log: matched up to None.
+            assert!(
+                matches!(answers.as_slice(), [Ok(Ok(None))]),
+                "heartbeat {i}: {answers:?}"
+            );
+            let t = conn.pool.stats();
+            assert_eq!(count(&t.lane_calls_sent), i);
+            assert_eq!(count(&t.lanes_opened), 1, "one lane for every heartbeat");
+            assert_eq!(count(&t.append_streams_opened), 0, "no StreamAppend call");
+            assert_eq!(count(&t.appends_sent), 0);
+        }
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_stream_of_more_than_one_request_still_opens_a_stream() {
+        let (mut conn, server) = peer_with_lanes(LaneMode::Answer).await;
+        let pool = conn.pool.clone();
+        // Two requests at once, then the input stays open (a replication session).
+        let input = Box::pin(
+            futures::stream::iter([heartbeat(), heartbeat()]).chain(futures::stream::pending()),
+        );
+        let answers = conn
+            .stream_append(input, RPCOption::new(TTL))
+            .await
+            .expect("the call is set up");
+        // The fake peer never answers a stream; give the requests time to be written.
+        let sent = async {
+            while count(&pool.stats().appends_sent) < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), sent)
+            .await
+            .expect("both requests go out on the stream");
+        let t = pool.stats();
+        assert_eq!(count(&t.append_streams_opened), 1);
+        assert_eq!(count(&t.lane_calls_sent), 0);
+        drop(answers);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_lane_call_is_unreachable_after_its_ttl_and_the_next_opens_a_new_lane() {
+        let (mut conn, server) = peer_with_lanes(LaneMode::Silent).await;
+        let started = Instant::now();
+        let answers = tokio::time::timeout(Duration::from_secs(5), one_heartbeat(&mut conn, TTL))
+            .await
+            .expect("an unanswered heartbeat must fail, not hang");
+        let waited = started.elapsed();
+        assert!(
+            matches!(answers.as_slice(), [Err(RPCError::Unreachable(_))]),
+            "{answers:?}"
+        );
+        assert!(waited >= TTL, "failed after {waited:?}, before one ttl");
+        let t = conn.pool.stats();
+        assert_eq!(count(&t.lane_stalls), 1);
+        assert_eq!(count(&t.lanes_opened), 1);
+        let _ = one_heartbeat(&mut conn, TTL).await;
+        let t = conn.pool.stats();
+        assert_eq!(
+            count(&t.lanes_opened),
+            2,
+            "a stalled lane is not used again"
+        );
+        assert_eq!(count(&t.lane_stalls), 2);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gives_up_leaves_nothing_waiting_on_the_lane() {
+        let (conn, server) = peer_with_lanes(LaneMode::Silent).await;
+        let req = wire::LaneRequest::ReadIndex;
+        let ttl = Duration::from_secs(60);
+        // The caller's own timeout drops the call long before the lane's.
+        let gave_up =
+            tokio::time::timeout(TTL, crate::lane::call(&conn.pool, &conn.addr, &req, ttl)).await;
+        assert!(gave_up.is_err(), "a silent peer answered: {gave_up:?}");
+        assert_eq!(conn.pool.lanes().waiting(&conn.addr), Some(0));
+        assert_eq!(count(&conn.pool.stats().lane_stalls), 0);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_lane_to_a_peer_that_is_not_there_fails_its_calls_as_broken_at_once() {
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+            l.local_addr().expect("bound address")
+        };
+        let pool = Pool::new(NetConfig {
+            connect_timeout: Duration::from_secs(1),
+            forward_timeout: Duration::from_secs(1),
+            snapshot_timeout: Duration::from_secs(1),
+        });
+        let ttl = Duration::from_secs(10);
+        let started = Instant::now();
+        let got =
+            crate::lane::call(&pool, &addr.to_string(), &wire::LaneRequest::ReadIndex, ttl).await;
+        assert!(
+            matches!(got, Err(crate::lane::LaneError::Broken { .. })),
+            "{got:?}"
+        );
+        assert!(
+            started.elapsed() < ttl,
+            "a lane that cannot open fails its calls at once, not after their timeout"
+        );
+        assert_eq!(count(&pool.stats().lane_stalls), 0);
     }
 
     #[tokio::test]

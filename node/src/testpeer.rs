@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use openraft::raft::AppendEntriesResponse;
 use stockade_proto::raft::raft_transport_server::{RaftTransport, RaftTransportServer};
 use stockade_proto::raft::{Envelope, SnapshotChunk};
 use stockade_raft_store::{Command, Response as Answer};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::wire::{self, AnswerFrame, ForwardFrame};
+use crate::wire::{self, AnswerFrame, ForwardFrame, LaneAnswer, LaneFrame, LaneRequest};
 
 type Frames = Pin<Box<dyn Stream<Item = Result<Envelope, Status>> + Send>>;
 
@@ -27,15 +28,34 @@ pub enum ForwardMode {
     CloseAfterReading(Arc<AtomicUsize>),
 }
 
-/// Takes every AppendEntries and never answers; forwards as its mode says.
+/// How the fake peer serves a lane.
+#[derive(Clone, Copy)]
+pub enum LaneMode {
+    /// Takes every call and never answers.
+    Silent,
+    /// Answers every AppendEntries `Success` and every read index 7, each as it arrives.
+    Answer,
+}
+
+/// Takes every AppendEntries on a stream and never answers; forwards and serves lanes as
+/// its modes say.
 pub struct FakePeer {
     pub forward: ForwardMode,
+    pub lane: LaneMode,
 }
 
 impl FakePeer {
     /// Serves a fake peer on a free loopback port: its address and the server task.
     pub async fn spawn(
         forward: ForwardMode,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        Self::spawn_with(forward, LaneMode::Silent).await
+    }
+
+    /// As [`Self::spawn`], with lanes served as `lane` says.
+    pub async fn spawn_with(
+        forward: ForwardMode,
+        lane: LaneMode,
     ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -44,7 +64,7 @@ impl FakePeer {
         let server = tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let _ = tonic::transport::Server::builder()
-                .add_service(RaftTransportServer::new(FakePeer { forward }))
+                .add_service(RaftTransportServer::new(FakePeer { forward, lane }))
                 .serve_with_incoming(incoming)
                 .await;
         });
@@ -78,6 +98,35 @@ fn echo_reversed(frame: ForwardFrame) -> Vec<Result<Envelope, Status>> {
 impl RaftTransport for FakePeer {
     type StreamAppendStream = Frames;
     type ForwardStreamStream = Frames;
+    type PeerLaneStream = Frames;
+
+    async fn peer_lane(
+        &self,
+        req: Request<Streaming<Envelope>>,
+    ) -> Result<Response<Frames>, Status> {
+        let input = req.into_inner();
+        let out: Frames = match self.lane {
+            LaneMode::Silent => {
+                drain(input);
+                Box::pin(futures::stream::pending())
+            }
+            LaneMode::Answer => Box::pin(
+                input
+                    .take_while(|m| futures::future::ready(m.is_ok()))
+                    .map(|m| {
+                        let (tag, req): LaneFrame<LaneRequest> = wire::decode(&m?.payload)?;
+                        let answer = match req {
+                            LaneRequest::Append(_) => {
+                                LaneAnswer::Append(Ok(AppendEntriesResponse::Success))
+                            }
+                            LaneRequest::ReadIndex => LaneAnswer::ReadIndex(Ok(7)),
+                        };
+                        wire::encode(&(tag, answer)).map(|payload| Envelope { payload })
+                    }),
+            ),
+        };
+        Ok(Response::new(out))
+    }
 
     async fn stream_append(
         &self,

@@ -43,6 +43,7 @@ fn answer<T: Serialize, E: std::fmt::Display>(
 impl RaftTransport for TransportService {
     type StreamAppendStream = Pin<Box<dyn Stream<Item = Result<Envelope, Status>> + Send>>;
     type ForwardStreamStream = Pin<Box<dyn Stream<Item = Result<Envelope, Status>> + Send>>;
+    type PeerLaneStream = Pin<Box<dyn Stream<Item = Result<Envelope, Status>> + Send>>;
 
     async fn append_entries(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         self.cluster
@@ -150,6 +151,18 @@ impl RaftTransport for TransportService {
         req: Request<Streaming<Envelope>>,
     ) -> Result<Response<Self::ForwardStreamStream>, Status> {
         Ok(Response::new(crate::forward::serve(
+            self.cluster.clone(),
+            req.into_inner(),
+            self.stop.clone(),
+        )))
+    }
+
+    /// A peer's lane (see `crate::lane`).
+    async fn peer_lane(
+        &self,
+        req: Request<Streaming<Envelope>>,
+    ) -> Result<Response<Self::PeerLaneStream>, Status> {
+        Ok(Response::new(crate::lane::serve(
             self.cluster.clone(),
             req.into_inner(),
             self.stop.clone(),

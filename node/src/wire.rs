@@ -5,10 +5,11 @@
 
 use std::collections::BTreeSet;
 
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use stockade_api::ClusterError;
-use stockade_raft_store::{Command, NodeAddr, Response};
+use stockade_raft_store::{Command, NodeAddr, Response, TypeConfig};
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, tonic::Status> {
     bincode::serde::encode_to_vec(value, bincode::config::standard())
@@ -101,3 +102,29 @@ impl From<WireError> for ClusterError {
 
 /// The leader's answer: the response and the id of the node that produced it.
 pub type ForwardResult = Result<(ForwardResponse, u64), WireError>;
+
+/// A call on a lane (`crate::lane`): a small request that used to open an HTTP/2 stream
+/// of its own. New variants go last: bincode numbers them.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum LaneRequest {
+    /// One AppendEntries that is a whole replication call by itself (openraft's
+    /// heartbeats, and the single-request probes that sync a commit index), leader to
+    /// follower. Answered by `Raft::append_entries`.
+    Append(AppendEntriesRequest<TypeConfig>),
+    /// A read index, follower to leader: answered from a read-index round of the
+    /// leader's own `ReadIndexGate` that started after the request arrived.
+    ReadIndex,
+}
+
+/// The answer to a [`LaneRequest`], variant for variant.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum LaneAnswer {
+    /// `Err` is a fault on the follower (shutting down, storage), as on `StreamAppend`.
+    Append(Result<AppendEntriesResponse<TypeConfig>, String>),
+    /// The confirmed read index, or why there is none (`NoLeader` when the node asked no
+    /// longer leads: the follower retries on whoever does).
+    ReadIndex(Result<u64, WireError>),
+}
+
+/// One message of a lane, either way: the caller's tag and the request or its answer.
+pub type LaneFrame<T> = (u64, T);

@@ -773,6 +773,23 @@ async fn a_crowd_through_a_follower_shares_forward_batches_and_read_rounds_witho
     .await;
 
     let rounds_before = f.cluster.stats().read_rounds.load(Ordering::Relaxed);
+    let l = &c.nodes[&leader];
+    let lane_calls_before = f
+        .cluster
+        .transport_stats()
+        .lane_calls_sent
+        .load(Ordering::Relaxed);
+    let leader_rounds_before = l.cluster.stats().read_rounds.load(Ordering::Relaxed);
+    let leader_heartbeats_before = l
+        .cluster
+        .transport_stats()
+        .lane_calls_sent
+        .load(Ordering::Relaxed);
+    let leader_streams_before = l
+        .cluster
+        .transport_stats()
+        .append_streams_opened
+        .load(Ordering::Relaxed);
     let views = futures::future::join_all((0..READS).map(|_| {
         let cluster = f.cluster.clone();
         tokio::spawn(async move {
@@ -798,6 +815,39 @@ async fn a_crowd_through_a_follower_shares_forward_batches_and_read_rounds_witho
         rounds < READS as u64,
         "{READS} concurrent reads should share read-index rounds, took {rounds}"
     );
+    // Each of the follower's rounds was one call on its lane to the leader (no retries
+    // here), which the leader served from rounds of its own gate, each confirmed by
+    // heartbeats that went on the leader's lanes, not on streams of their own.
+    let lane_calls = f
+        .cluster
+        .transport_stats()
+        .lane_calls_sent
+        .load(Ordering::Relaxed)
+        - lane_calls_before;
+    assert_eq!(lane_calls, rounds, "one lane call per read-index round");
+    let leader_rounds =
+        l.cluster.stats().read_rounds.load(Ordering::Relaxed) - leader_rounds_before;
+    assert!(
+        (1..=rounds).contains(&leader_rounds),
+        "the leader ran {leader_rounds} rounds for the follower's {rounds}"
+    );
+    let heartbeats = l
+        .cluster
+        .transport_stats()
+        .lane_calls_sent
+        .load(Ordering::Relaxed)
+        - leader_heartbeats_before;
+    assert!(
+        heartbeats >= leader_rounds,
+        "{leader_rounds} leader rounds, {heartbeats} heartbeats on lanes"
+    );
+    let streams = l
+        .cluster
+        .transport_stats()
+        .append_streams_opened
+        .load(Ordering::Relaxed)
+        - leader_streams_before;
+    assert_eq!(streams, 0, "heartbeats opened {streams} StreamAppend calls");
     converged(&c).await;
     c.shutdown().await;
 }
