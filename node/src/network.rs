@@ -535,20 +535,17 @@ mod tests {
     use super::*;
     use crate::testpeer::{FakePeer, ForwardMode, LaneMode};
 
-    async fn silent_peer() -> (Conn, tokio::task::JoinHandle<()>) {
-        // A follower that takes every AppendEntries and never answers.
-        let (addr, server) = FakePeer::spawn(ForwardMode::Silent).await;
-        let pool = Pool::new(NetConfig {
+    fn test_pool() -> Pool {
+        Pool::new(NetConfig {
             connect_timeout: Duration::from_secs(1),
             forward_timeout: Duration::from_secs(1),
             snapshot_timeout: Duration::from_secs(1),
-        });
-        let conn = Conn {
-            target: 9,
-            addr: addr.to_string(),
-            pool,
-        };
-        (conn, server)
+        })
+    }
+
+    async fn silent_peer() -> (Conn, tokio::task::JoinHandle<()>) {
+        // A follower that takes every AppendEntries and never answers.
+        peer_with_lanes(LaneMode::Silent).await
     }
 
     fn heartbeat() -> AppendEntriesRequest<TypeConfig> {
@@ -601,15 +598,10 @@ mod tests {
 
     async fn peer_with_lanes(lane: LaneMode) -> (Conn, tokio::task::JoinHandle<()>) {
         let (addr, server) = FakePeer::spawn_with(ForwardMode::Silent, lane).await;
-        let pool = Pool::new(NetConfig {
-            connect_timeout: Duration::from_secs(1),
-            forward_timeout: Duration::from_secs(1),
-            snapshot_timeout: Duration::from_secs(1),
-        });
         let conn = Conn {
             target: 9,
             addr: addr.to_string(),
-            pool,
+            pool: test_pool(),
         };
         (conn, server)
     }
@@ -722,11 +714,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
             l.local_addr().expect("bound address")
         };
-        let pool = Pool::new(NetConfig {
-            connect_timeout: Duration::from_secs(1),
-            forward_timeout: Duration::from_secs(1),
-            snapshot_timeout: Duration::from_secs(1),
-        });
+        let pool = test_pool();
         let ttl = Duration::from_secs(10);
         let started = Instant::now();
         let got =
