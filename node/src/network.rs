@@ -21,11 +21,11 @@
 //! **A one-request stream is one call on the peer's lane** (`crate::lane`): openraft sends
 //! every heartbeat (one per read-index round, so thousands a second under a sold-out
 //! crowd) and every probe that only syncs the commit index as a `stream_append` whose
-//! input ends after one request. `Conn::stream_append` takes the first request, looks
-//! (without waiting) whether the input has ended, and if so sends that request as one
+//! input ends after one request. `Conn::stream_append` looks, without waiting, whether
+//! the input has one request ready and then ends, and if so sends that request as one
 //! message on the long-lived lane instead of opening a `StreamAppend` call for it; the
 //! answer is converted as openraft's own sequential adapter converts a unary answer.
-//! Not compatible with a node that lacks `StreamAppend` or `Lane` (all nodes of a
+//! Not compatible with a node that lacks `StreamAppend` or `PeerLane` (all nodes of a
 //! cluster run the same version of this internal protocol).
 
 use std::collections::BTreeMap;
