@@ -40,9 +40,11 @@ use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
+use stockade_proto::raft::raft_transport_client::RaftTransportClient;
 use stockade_proto::raft::Envelope;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::cluster::{NodeCluster, NO_LEADER_RETRY_MS};
@@ -97,8 +99,10 @@ impl Lane {
             waiting: HashMap::new(),
         }));
         pool.stats().lanes_opened.fetch_add(1, Ordering::Relaxed);
+        // The task gets the client, not the pool: the pool owns this lane, whose drop
+        // aborts the task, so a task holding the pool would keep itself alive.
         let task = tokio::spawn(run_lane(
-            pool.clone(),
+            pool.client(addr),
             addr.to_string(),
             frames_rx,
             book.clone(),
@@ -241,12 +245,15 @@ pub async fn call(
 /// Drives one lane: opens the call, routes answers to their callers, and when the stream
 /// ends for any reason fails every call still waiting.
 async fn run_lane(
-    pool: Pool,
+    client: Result<RaftTransportClient<Channel>, Status>,
     addr: String,
     frames: mpsc::Receiver<Envelope>,
     book: Arc<Mutex<Book>>,
 ) {
-    let why = read_answers(&pool, &addr, frames, &book).await;
+    let why = match client {
+        Ok(client) => read_answers(client, frames, &book).await,
+        Err(s) => s.message().to_string(),
+    };
     let waiting: Vec<Reply> = {
         let mut b = lock(&book);
         b.open = false;
@@ -263,15 +270,10 @@ async fn run_lane(
 
 /// Reads the peer's answers until the stream ends; returns why it ended.
 async fn read_answers(
-    pool: &Pool,
-    addr: &str,
+    mut client: RaftTransportClient<Channel>,
     frames: mpsc::Receiver<Envelope>,
     book: &Mutex<Book>,
 ) -> String {
-    let mut client = match pool.client(addr) {
-        Ok(c) => c,
-        Err(s) => return s.message().to_string(),
-    };
     // Bounded by each call's own timeout, which closes the lane (and so this task).
     let mut answers = match client
         .peer_lane(tonic::Request::new(ReceiverStream::new(frames)))
