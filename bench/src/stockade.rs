@@ -16,6 +16,11 @@ use crate::system::{Counters, System};
 
 /// Nodes in the cluster.
 pub const NODES: usize = 3;
+/// Runtime worker threads of each node: the three nodes share this machine's cores, and
+/// one worker each used 12–25% less node CPU per request than one per core, in every
+/// measured pair (`stockade --worker-threads`; docs/benchmarks.md, "Twenty-third
+/// session"). A node with a machine of its own keeps the default (one per core).
+pub const NODE_WORKER_THREADS: usize = 1;
 /// Timeout of one request from the harness.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the cluster may take to elect a leader.
@@ -64,7 +69,9 @@ impl Cluster {
                 .arg("--peers")
                 .arg(&peers)
                 .arg("--init")
-                .arg("auto");
+                .arg("auto")
+                .arg("--worker-threads")
+                .arg(NODE_WORKER_THREADS.to_string());
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             procs.push(Proc::spawn(
                 &format!("stockade-node {}", i + 1),

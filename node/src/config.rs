@@ -13,6 +13,8 @@ use stockade_raft_store::limits::BATCH_COMMANDS_MAX;
 /// node may have in flight at once: each is a batch of up to `BATCH_COMMANDS_MAX`
 /// commands held in memory until answered, and the defaults are 8 and 16.
 pub const INFLIGHT_LIMIT: usize = 1_024;
+/// Most runtime worker threads a node may be given (`--worker-threads`).
+pub const WORKER_THREADS_MAX: usize = 256;
 use stockade_raft_store::NodeAddr;
 use stockade_raft_store::{BuildPriority, CompactionPriority};
 
@@ -156,6 +158,15 @@ pub struct Args {
     pub clock_skew_ms: i64,
     #[arg(long, env = "STOCKADE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Worker threads of the node's async runtime (requests, forwarding, replication,
+    /// Raft; RocksDB calls run on other threads). Absent: one per CPU core, tokio's
+    /// default (which `TOKIO_WORKER_THREADS` also sets), right for a node with a machine
+    /// of its own. Where several nodes share a machine's cores, fewer workers each wake
+    /// and switch less: three nodes on two cores with one worker each used 12–25% less
+    /// CPU per request than with two, in every measured pair (docs/benchmarks.md,
+    /// "Twenty-third session").
+    #[arg(long, env = "STOCKADE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,6 +228,8 @@ pub struct Config {
     pub snapshot_build_priority: BuildPriority,
     pub compaction_priority: CompactionPriority,
     pub log_format: LogFormat,
+    /// Runtime worker threads; `None`: one per CPU core.
+    pub worker_threads: Option<usize>,
 }
 
 /// Why a configuration is refused (printed as one line; exit code 2).
@@ -238,6 +251,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("{0} must be at most {max}", max = INFLIGHT_LIMIT)]
     InflightAbove(&'static str),
+    #[error("--worker-threads must be 1..={max}", max = WORKER_THREADS_MAX)]
+    WorkerThreads,
     #[error("invalid Raft timing: {0}")]
     Raft(String),
 }
@@ -300,6 +315,9 @@ impl Args {
                 return Err(ConfigError::Zero(name));
             }
         }
+        if matches!(self.worker_threads, Some(n) if n == 0 || n > WORKER_THREADS_MAX) {
+            return Err(ConfigError::WorkerThreads);
+        }
         let raft = openraft::Config {
             cluster_name: "stockade".into(),
             heartbeat_interval: self.heartbeat_ms,
@@ -350,6 +368,7 @@ impl Args {
                 CompactionPriorityArg::Normal => CompactionPriority::Normal,
             },
             log_format: self.log_format,
+            worker_threads: self.worker_threads,
         })
     }
 }
@@ -380,6 +399,8 @@ mod tests {
         assert_eq!(c.compaction_priority, CompactionPriority::Low);
         let normal = parse(&["--compaction-priority", "normal"])?;
         assert_eq!(normal.compaction_priority, CompactionPriority::Normal);
+        assert_eq!(c.worker_threads, None, "one per core unless set");
+        assert_eq!(parse(&["--worker-threads", "1"])?.worker_threads, Some(1));
         Ok(())
     }
 
@@ -423,6 +444,15 @@ mod tests {
             "--snapshot-build-priority",
         );
         bad(&["--compaction-priority", "idle"], "--compaction-priority");
+        bad(
+            &["--worker-threads", "0"],
+            "--worker-threads must be 1..=256",
+        );
+        bad(
+            &["--worker-threads", "257"],
+            "--worker-threads must be 1..=256",
+        );
+        bad(&["--worker-threads", "many"], "--worker-threads");
         bad(
             &["--election-min-ms", "50", "--heartbeat-ms", "100"],
             "Raft timing",
