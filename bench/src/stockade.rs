@@ -17,7 +17,7 @@ use crate::system::{Counters, System};
 /// Nodes in the cluster.
 pub const NODES: usize = 3;
 /// Runtime worker threads of each node: the three nodes share this machine's cores, and
-/// one worker each used 12–25% less node CPU per request than one per core, in every
+/// one worker each used 12–26% less node CPU per request than one per core, in every
 /// measured pair (`stockade --worker-threads`; docs/benchmarks.md, "Twenty-third
 /// session"). A node with a machine of its own keeps the default (one per core).
 pub const NODE_WORKER_THREADS: usize = 1;

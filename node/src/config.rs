@@ -162,7 +162,7 @@ pub struct Args {
     /// Raft; RocksDB calls run on other threads). Absent: one per CPU core, tokio's
     /// default (which `TOKIO_WORKER_THREADS` also sets), right for a node with a machine
     /// of its own. Where several nodes share a machine's cores, fewer workers each wake
-    /// and switch less: three nodes on two cores with one worker each used 12–25% less
+    /// and switch less: three nodes on two cores with one worker each used 12–26% less
     /// CPU per request than with two, in every measured pair (docs/benchmarks.md,
     /// "Twenty-third session").
     #[arg(long, env = "STOCKADE_WORKER_THREADS")]
