@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use stockade_raft_store::limits::BATCH_COMMANDS_MAX;
+use stockade_raft_store::limits::{APPLY_INLINE_COMMANDS_MAX, BATCH_COMMANDS_MAX};
 
 /// Most entries (`--inflight-entries-max`) or forward batches (`--forward-inflight-max`) a
 /// node may have in flight at once: each is a batch of up to `BATCH_COMMANDS_MAX`
@@ -93,6 +93,12 @@ pub struct Args {
         default_value_t = CompactionPriorityArg::Low
     )]
     pub compaction_priority: CompactionPriorityArg,
+    /// Apply calls of at most this many commands run on the runtime's worker; larger
+    /// ones (a follower catching up) on the blocking pool. 0 = always on the pool. The
+    /// hand-off to a pool thread and back cost more CPU than a small apply itself
+    /// (docs/benchmarks.md, "Twenty-fourth session").
+    #[arg(long, env = "STOCKADE_APPLY_INLINE_MAX", default_value_t = APPLY_INLINE_COMMANDS_MAX)]
+    pub apply_inline_max: usize,
     /// Log entries kept behind a snapshot (so slightly lagging followers need no snapshot).
     #[arg(long, env = "STOCKADE_LOG_KEEP_ENTRIES", default_value_t = 5_000)]
     pub log_keep_entries: u64,
@@ -227,6 +233,8 @@ pub struct Config {
     pub clock_skew_ms: i64,
     pub snapshot_build_priority: BuildPriority,
     pub compaction_priority: CompactionPriority,
+    /// `--apply-inline-max` (`StoreOptions::apply_inline_commands_max`).
+    pub apply_inline_max: usize,
     pub log_format: LogFormat,
     /// Runtime worker threads; `None`: one per CPU core.
     pub worker_threads: Option<usize>,
@@ -247,6 +255,8 @@ pub enum ConfigError {
     BatchMax,
     #[error("--forward-batch-max must be 1..={max}", max = BATCH_COMMANDS_MAX)]
     ForwardBatchMax,
+    #[error("--apply-inline-max must be 0..={max}", max = BATCH_COMMANDS_MAX)]
+    ApplyInlineMax,
     #[error("{0} must be greater than 0")]
     Zero(&'static str),
     #[error("{0} must be at most {max}", max = INFLIGHT_LIMIT)]
@@ -293,6 +303,11 @@ impl Args {
         }
         if self.forward_batch_max == 0 || self.forward_batch_max > BATCH_COMMANDS_MAX {
             return Err(ConfigError::ForwardBatchMax);
+        }
+        // Larger would let one apply call hold a runtime worker for longer than a full
+        // entry's worth of commands (`APPLY_INLINE_COMMANDS_MAX`).
+        if self.apply_inline_max > BATCH_COMMANDS_MAX {
+            return Err(ConfigError::ApplyInlineMax);
         }
         for (name, v) in [
             ("--inflight-entries-max", self.inflight_entries_max),
@@ -367,6 +382,7 @@ impl Args {
                 CompactionPriorityArg::Low => CompactionPriority::Low,
                 CompactionPriorityArg::Normal => CompactionPriority::Normal,
             },
+            apply_inline_max: self.apply_inline_max,
             log_format: self.log_format,
             worker_threads: self.worker_threads,
         })
@@ -401,6 +417,8 @@ mod tests {
         assert_eq!(normal.compaction_priority, CompactionPriority::Normal);
         assert_eq!(c.worker_threads, None, "one per core unless set");
         assert_eq!(parse(&["--worker-threads", "1"])?.worker_threads, Some(1));
+        assert_eq!(c.apply_inline_max, APPLY_INLINE_COMMANDS_MAX);
+        assert_eq!(parse(&["--apply-inline-max", "0"])?.apply_inline_max, 0);
         Ok(())
     }
 
@@ -453,6 +471,11 @@ mod tests {
             "--worker-threads must be 1..=256",
         );
         bad(&["--worker-threads", "many"], "--worker-threads");
+        bad(
+            &["--apply-inline-max", "1025"],
+            "--apply-inline-max must be 0..=1024",
+        );
+        bad(&["--apply-inline-max", "some"], "--apply-inline-max");
         bad(
             &["--election-min-ms", "50", "--heartbeat-ms", "100"],
             "Raft timing",

@@ -124,6 +124,7 @@ pub async fn start(cfg: Config) -> Result<NodeHandle, StartError> {
     let mut store_opts = StoreOptions::new(&cfg.data_dir);
     store_opts.snapshot_build_priority = cfg.snapshot_build_priority;
     store_opts.compaction_priority = cfg.compaction_priority;
+    store_opts.apply_inline_commands_max = cfg.apply_inline_max;
     let (log, sm) = open(&store_opts).map_err(|source| StartError::Store {
         dir: cfg.data_dir.display().to_string(),
         source,

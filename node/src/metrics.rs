@@ -204,6 +204,14 @@ pub fn render(c: &NodeCluster) -> String {
         "WAL fsyncs that took 100 ms or longer (each is also logged as `slow WAL sync`).",
         c.log.wal_syncs_slow(),
     );
+    let (inline, pooled) = c.sm.apply_calls();
+    let _ = writeln!(
+        out,
+        "# HELP stockade_apply_calls State-machine apply calls, by where they ran (--apply-inline-max).\n\
+         # TYPE stockade_apply_calls counter\n\
+         stockade_apply_calls_total{{on=\"worker\"}} {inline}\n\
+         stockade_apply_calls_total{{on=\"blocking_pool\"}} {pooled}"
+    );
     let mem = c.sm.db_memory();
     let health = c.sm.compaction_health();
     for (name, help, v) in [
@@ -266,7 +274,7 @@ fn stages(out: &mut String, c: &NodeCluster) {
         ),
         (
             "apply_duration_seconds",
-            "Each state-machine apply call: the wait for a blocking thread, the machine, one RocksDB write.",
+            "Each state-machine apply call: the machine, one RocksDB write (and, on the blocking pool, the wait for a thread).",
             c.sm.apply_histogram(),
         ),
         (

@@ -956,6 +956,17 @@ async fn replication_flows_on_streams_and_every_replica_agrees() {
     .await;
     assert!(stage_count(&text, "stockade_raft_round_duration_seconds") > 0);
     assert!(stage_count(&text, "stockade_apply_duration_seconds") > 0);
+    // Every apply call is counted once, by where it ran; a small crowd's calls are all
+    // small enough for the worker (`--apply-inline-max`, default one full entry).
+    let calls_on = |on: &str| {
+        let prefix = format!("stockade_apply_calls_total{{on=\"{on}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("apply calls on {on} missing:\n{text}"))
+    };
+    assert!(calls_on("worker") > 0, "no apply call ran on the worker");
+    assert_eq!(calls_on("blocking_pool"), 0);
     assert_eq!(stage_count(&text, "stockade_forward_duration_seconds"), 0);
     assert_eq!(stage_count(&text, "stockade_forward_wait_seconds"), 0);
     c.shutdown().await;

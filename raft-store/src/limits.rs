@@ -93,6 +93,14 @@ pub const SNAPSHOT_BUILD_NICE: i32 = 19;
 /// The same bound for RocksDB's own table files (flushes, compactions, ingestion):
 /// `bytes_per_sync`, which RocksDB leaves off by default.
 pub const SST_BYTES_PER_SYNC: u64 = 1024 * 1024;
+/// Commands in one apply call that still runs on the calling async task rather than on
+/// tokio's blocking pool (`StoreOptions::apply_inline_commands_max`; `store/sm.rs`,
+/// "Where apply runs"): one full group-commit entry. At about 9 µs per reservation
+/// (`docs/benchmarks.md`, storage layer) a call of reservations holds a worker for about
+/// 10 ms at worst (a `Tick` counts as one command and may expire up to
+/// `TICK_EXPIRE_BATCH_MAX` deadlines); a follower applying a backlog of many entries at
+/// once goes to the pool.
+pub const APPLY_INLINE_COMMANDS_MAX: usize = BATCH_COMMANDS_MAX;
 /// Appends waiting for the WAL-sync thread; past it an append syncs on its own.
 pub const WAL_SYNC_QUEUE_MAX: usize = 4_096;
 /// A WAL sync slower than this is logged (`slow WAL sync`) and counted

@@ -39,6 +39,10 @@ pub struct StoreOptions {
     pub snapshot_build_priority: BuildPriority,
     /// CPU priority of RocksDB's compaction threads (`CompactionPriority::Low` by default).
     pub compaction_priority: CompactionPriority,
+    /// Apply calls of at most this many commands run on the async task, larger ones on
+    /// the blocking pool (`limits::APPLY_INLINE_COMMANDS_MAX` by default; 0 = always on
+    /// the pool; see `sm.rs`, "Where apply runs").
+    pub apply_inline_commands_max: usize,
 }
 
 /// The CPU priority of RocksDB's compaction threads (its `LOW` thread pool), which
@@ -80,6 +84,7 @@ impl StoreOptions {
             block_cache_bytes: 128 * 1024 * 1024,
             snapshot_build_priority: BuildPriority::default(),
             compaction_priority: CompactionPriority::default(),
+            apply_inline_commands_max: crate::limits::APPLY_INLINE_COMMANDS_MAX,
         }
     }
 }
@@ -92,7 +97,12 @@ pub fn open(opts: &StoreOptions) -> Result<(LogStore, StateMachineStore), StoreE
         opts.compaction_priority,
     )?);
     let log = LogStore::new(db.clone())?;
-    let sm = StateMachineStore::new(db, opts.dir.join("snapshots"), opts.snapshot_build_priority)?;
+    let sm = StateMachineStore::new(
+        db,
+        opts.dir.join("snapshots"),
+        opts.snapshot_build_priority,
+        opts.apply_inline_commands_max,
+    )?;
     Ok((log, sm))
 }
 

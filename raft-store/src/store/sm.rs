@@ -1,9 +1,26 @@
 //! The state machine on RocksDB (`RaftStateMachine`) and its snapshots.
 //!
-//! Apply: entries are collected, then run through [`Machine`] on a blocking thread
-//! against a [`Txn`] over the live column family; the whole call's writes, with
-//! `last_applied`, the membership and the clock, go to RocksDB as one `WriteBatch`, and
-//! only then are the responses sent.
+//! Apply: entries are collected, then run through [`Machine`] against a [`Txn`] over the
+//! live column family; the whole call's writes, with `last_applied`, the membership and
+//! the clock, go to RocksDB as one `WriteBatch`, and only then are the responses sent.
+//!
+//! **Where apply runs.** A call of at most `StoreOptions::apply_inline_commands_max`
+//! commands (default `limits::APPLY_INLINE_COMMANDS_MAX`, one full group-commit entry)
+//! runs on the async task that called it, openraft's state-machine task; a larger one
+//! (a follower catching up, a backlog after a stall) goes to tokio's blocking pool. Until
+//! 2026-12-06 every call went to the pool. The work is short and in memory: point reads
+//! that the memtable and block cache serve, then one write that skips the WAL (below),
+//! about 9 µs per reservation (`docs/benchmarks.md`, storage layer). Handing that to a
+//! pool thread and back cost more than the work itself: a parked thread woken, the worker
+//! parked, then woken again by the result, on every node for every entry. Inline, with
+//! the same binary, three release nodes on one 2-core machine used 9–40% less node CPU
+//! per request in all nine interleaved pairs (50 and 256 clients, reservations and the
+//! mixed flow, one and two runtime workers) and sold 100,000 units in 1.40 / 1.93 s
+//! instead of 2.16 / 2.24 s (`docs/benchmarks.md`, twenty-fourth session). What it risks is what the log's own append
+//! (an unsynced RocksDB write on openraft's core task, `log.rs`) already risks: a write
+//! that RocksDB delays or stops (level-0 files piling up) holds the worker too, and the
+//! bound on commands bounds how long the call keeps the worker from the node's other
+//! tasks (a few milliseconds at most).
 //!
 //! **The apply batch bypasses the WAL** (`WriteOptions::disable_wal`): it lives in the
 //! memtable until RocksDB flushes the column family to a table file. Every applied entry
@@ -87,10 +104,17 @@ pub struct StateMachineStore {
     /// A manual compaction is running ([`StateMachineStore::compact_blocking`]): one at a
     /// time, each holds a blocking thread until RocksDB is done.
     compacting: Arc<AtomicBool>,
-    /// Each apply call's duration, from handing its entries to the blocking pool until
-    /// their responses are back: waiting for a thread, the machine's reads and logic, and
-    /// the one RocksDB write (`stockade_apply_duration_seconds`).
+    /// Each apply call's duration until its responses are back: the machine's reads and
+    /// logic and the one RocksDB write, and for a call on the blocking pool the wait for
+    /// a thread (`stockade_apply_duration_seconds`).
     apply_seconds: Histogram,
+    /// Apply calls of at most this many commands run on the calling async task instead
+    /// of the blocking pool (`StoreOptions::apply_inline_commands_max`).
+    inline_commands_max: usize,
+    /// Apply calls run inline and on the blocking pool, since the start
+    /// (`stockade_apply_calls_total{on=…}`).
+    applies_inline: Arc<AtomicU64>,
+    applies_pooled: Arc<AtomicU64>,
 }
 
 /// What decides whether a snapshot the policy asks for is built now or deferred (see
@@ -137,6 +161,7 @@ impl StateMachineStore {
         db: Arc<DB>,
         snapshot_dir: PathBuf,
         build_priority: BuildPriority,
+        inline_commands_max: usize,
     ) -> Result<Self, StoreError> {
         cf(&db, CF_SM)?;
         std::fs::create_dir_all(&snapshot_dir)?;
@@ -151,6 +176,9 @@ impl StateMachineStore {
             last_build: Arc::default(),
             compacting: Arc::default(),
             apply_seconds: crate::timing::stage_histogram(),
+            inline_commands_max,
+            applies_inline: Arc::default(),
+            applies_pooled: Arc::default(),
         };
         // The second half of the conservation pair: what was written is checked on load.
         check_sales(&sm.view())?;
@@ -165,6 +193,14 @@ impl StateMachineStore {
     }
 
     /// Each apply call's duration, seconds (a clone sharing the counts).
+    /// Apply calls since the start: (run on the async task, run on the blocking pool).
+    pub fn apply_calls(&self) -> (u64, u64) {
+        (
+            self.applies_inline.load(Ordering::Relaxed),
+            self.applies_pooled.load(Ordering::Relaxed),
+        )
+    }
+
     pub fn apply_histogram(&self) -> Histogram {
         self.apply_seconds.clone()
     }
@@ -677,6 +713,17 @@ impl Drop for FloorWrite<'_> {
     }
 }
 
+/// Commands in one log entry (a group-commit batch counts each of its commands).
+fn commands_in(entry: &Entry) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(le) => match le.cmd.as_ref() {
+            crate::types::Command::Batch(c) => c.len(),
+            _ => 1,
+        },
+        EntryPayload::Blank | EntryPayload::Membership(_) => 1,
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, io::Error> {
@@ -737,9 +784,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let this = self.clone();
         let started = std::time::Instant::now();
-        let responses = blocking(move || this.apply_blocking(&batch)).await?;
+        let commands: usize = batch.iter().map(commands_in).sum();
+        // Small calls run right here, on the runtime's worker (module docs, "Where apply
+        // runs"); larger ones on the blocking pool.
+        let responses = if commands <= self.inline_commands_max {
+            self.applies_inline.fetch_add(1, Ordering::Relaxed);
+            self.apply_blocking(&batch).map_err(io::Error::from)?
+        } else {
+            self.applies_pooled.fetch_add(1, Ordering::Relaxed);
+            let this = self.clone();
+            blocking(move || this.apply_blocking(&batch)).await?
+        };
         self.apply_seconds.observe(started.elapsed().as_secs_f64());
         for (responder, response) in responders.into_iter().zip(responses) {
             if let Some(r) = responder {

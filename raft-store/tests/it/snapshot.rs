@@ -817,3 +817,52 @@ async fn build(
 async fn turn(sm: &mut StateMachineStore, force: bool) -> bool {
     sm.try_create_snapshot_builder(force).await.is_some()
 }
+
+/// Apply calls of up to `apply_inline_commands_max` commands run on the calling task,
+/// larger ones on the blocking pool, and the two paths leave the same state: one store
+/// with every call on the pool, one with every call inline, one that splits the calls
+/// between the two, all equal to an in-memory replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_inline_or_on_the_pool_ends_in_the_same_state() {
+    let log = workload(400);
+    // Calls of 1 and 3 commands fit a bound of 5; calls of 7 and 20 do not.
+    let sizes = [1, 7, 3, 20];
+    let calls_of = |fits: fn(usize) -> bool| {
+        let (mut n, mut next) = (0u64, 0usize);
+        for size in sizes.iter().cycle() {
+            if next >= log.len() {
+                break;
+            }
+            let end = (next + size).min(log.len());
+            n += u64::from(fits(end - next));
+            next = end;
+        }
+        n
+    };
+    let (inline_calls, pooled_calls) = (calls_of(|n| n <= 5), calls_of(|n| n > 5));
+    assert!(inline_calls > 0 && pooled_calls > 0, "both paths must run");
+    let mut hashes = Vec::new();
+    for (bound, want) in [
+        (0, (0, inline_calls + pooled_calls)),
+        (5, (inline_calls, pooled_calls)),
+        (1_024, (inline_calls + pooled_calls, 0)),
+    ] {
+        let dir = TempDir::new().unwrap();
+        let mut opts = StoreOptions::new(dir.path());
+        opts.apply_inline_commands_max = bound;
+        let (_log, mut sm) = open(&opts).unwrap();
+        apply_in_batches(&mut sm, &log, &sizes).await;
+        assert_eq!(
+            sm.apply_calls(),
+            want,
+            "bound {bound}: (inline, pooled) calls"
+        );
+        assert_eq!(
+            domain(sm.dump().unwrap()),
+            replay(&log),
+            "bound {bound}: state differs from the replay"
+        );
+        hashes.push(sm.state_hash().unwrap());
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+}
