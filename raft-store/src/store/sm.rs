@@ -16,11 +16,12 @@
 //! the same binary, three release nodes on one 2-core machine used 9–40% less node CPU
 //! per request in all nine interleaved pairs (50 and 256 clients, reservations and the
 //! mixed flow, one and two runtime workers) and sold 100,000 units in 1.40 / 1.93 s
-//! instead of 2.16 / 2.24 s (`docs/benchmarks.md`, twenty-fourth session). What it risks is what the log's own append
-//! (an unsynced RocksDB write on openraft's core task, `log.rs`) already risks: a write
-//! that RocksDB delays or stops (level-0 files piling up) holds the worker too, and the
-//! bound on commands bounds how long the call keeps the worker from the node's other
-//! tasks (a few milliseconds at most).
+//! instead of 2.16 / 2.24 s (`docs/benchmarks.md`, twenty-fourth session). What it
+//! risks is what the log's own append (an unsynced RocksDB write on openraft's core task,
+//! `log.rs`) already risks: a write that RocksDB delays or stops (level-0 files piling
+//! up) holds the worker too. The bound on commands bounds how long one call keeps the
+//! worker from the node's other tasks (about 10 ms for a full entry of reservations; see
+//! `limits::APPLY_INLINE_COMMANDS_MAX`).
 //!
 //! **The apply batch bypasses the WAL** (`WriteOptions::disable_wal`): it lives in the
 //! memtable until RocksDB flushes the column family to a table file. Every applied entry
