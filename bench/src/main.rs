@@ -79,6 +79,13 @@ struct Args {
     /// `sold-out hammer 256x1000`; e.g. `--cells open,hammer`.
     #[arg(long, value_delimiter = ',')]
     cells: Vec<String>,
+    /// Runtime worker threads of each Stockade node (`stockade --worker-threads`).
+    #[arg(
+        long,
+        default_value_t = stockade::NODE_WORKER_THREADS,
+        value_parser = clap::value_parser!(u64).range(1..=256)
+    )]
+    node_worker_threads: u64,
 }
 
 /// One cell of the matrix.
@@ -376,7 +383,8 @@ struct Systems {
 
 async fn start(a: &Args, dir: &Path) -> Result<Systems> {
     let p = a.port_base;
-    let mut sc = stockade::Cluster::start(&a.bin_dir.join("stockade"), dir, p)?;
+    let mut sc =
+        stockade::Cluster::start(&a.bin_dir.join("stockade"), dir, p, a.node_worker_threads)?;
     let mut r1 = redis_peer::Server::start(dir, p + 10, true)?;
     let mut r2 = redis_peer::Server::start(dir, p + 11, false)?;
     let mut ec = etcd::Cluster::start(dir, p + 12)?;
@@ -639,5 +647,24 @@ mod tests {
         );
         assert_eq!(picked(&["open", "x100000"]).len(), 2);
         assert!(picked(&["no such cell"]).is_empty());
+    }
+
+    #[test]
+    fn node_worker_threads_default_to_one_and_are_bounded() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["bench-peers", "--bin-dir", "bin"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv)
+        };
+        let workers = |extra: &[&str]| parse(extra).map(|a| a.node_worker_threads);
+        assert_eq!(workers(&[]).ok(), Some(stockade::NODE_WORKER_THREADS));
+        assert_eq!(workers(&["--node-worker-threads", "2"]).ok(), Some(2));
+        for bad in ["0", "257", "two"] {
+            let err = parse(&["--node-worker-threads", bad])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("--node-worker-threads"), "{bad}: {err:?}");
+        }
     }
 }

@@ -19,8 +19,9 @@ pub const NODES: usize = 3;
 /// Runtime worker threads of each node: the three nodes share this machine's cores, and
 /// one worker each used 12–26% less node CPU per request than one per core, in every
 /// measured pair (`stockade --worker-threads`; docs/benchmarks.md, "Twenty-third
-/// session"). A node with a machine of its own keeps the default (one per core).
-pub const NODE_WORKER_THREADS: usize = 1;
+/// session"). A node with a machine of its own keeps the default (one per core). The
+/// default of `bench-peers --node-worker-threads`.
+pub const NODE_WORKER_THREADS: u64 = 1;
 /// Timeout of one request from the harness.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the cluster may take to elect a leader.
@@ -38,8 +39,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts three nodes with HTTP on `port..port+3` and gRPC on `port+3..port+6`.
-    pub fn start(bin: &Path, dir: &Path, port: u16) -> Result<Cluster> {
+    /// Starts three nodes with HTTP on `port..port+3` and gRPC on `port+3..port+6`, each
+    /// with `workers` runtime worker threads.
+    pub fn start(bin: &Path, dir: &Path, port: u16, workers: u64) -> Result<Cluster> {
         let http: Vec<String> = (0..NODES as u16)
             .map(|i| format!("127.0.0.1:{}", port + i))
             .collect();
@@ -71,7 +73,7 @@ impl Cluster {
                 .arg("--init")
                 .arg("auto")
                 .arg("--worker-threads")
-                .arg(NODE_WORKER_THREADS.to_string());
+                .arg(workers.to_string());
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             procs.push(Proc::spawn(
                 &format!("stockade-node {}", i + 1),
