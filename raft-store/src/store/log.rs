@@ -7,6 +7,18 @@
 //! callback queued so far and covers them all with a single `flush_wal(true)`. Under load
 //! many appends share one fsync; idle, an append costs exactly one.
 //!
+//! The database runs with `manual_wal_flush` (`open_db`): an append's WAL record goes to
+//! RocksDB's WAL buffer in this process, and `flush_wal(true)` writes that buffer to the
+//! file and then fsyncs it. A callback is queued only after its append's write returned,
+//! so its record is in the buffer that the next `flush_wal(true)` writes: what is
+//! acknowledged is on disk (`tests/it/crash.rs` kills a process with SIGKILL right after
+//! acknowledgements and finds every acknowledged entry). The async worker that appends
+//! makes no system call for it; the sync thread makes one `write` per sync instead of
+//! one per append. The state machine's table files still never get ahead of the WAL on
+//! disk: a memtable switch writes the buffer out before it opens a new WAL file, and
+//! with more than one column family a flush syncs the closed WAL files before its table
+//! file counts (RocksDB's `SyncClosedWals`), so `sm.rs`'s crash recovery is unchanged.
+//!
 //! Reads: openraft reads every entry back right after appending it, once per follower
 //! to replicate it (leader) and once to apply it (every node). The store keeps the most
 //! recent appended entries (`RECENT_LOG_ENTRIES_MAX`) in memory, sharing their commands
@@ -15,9 +27,11 @@
 //! applying it, so this removes three decodes per entry on the leader and one on each
 //! follower. The upstream examples read every entry from storage.
 //!
-//! The vote is written with a synced write before `save_vote` returns. Truncation and
-//! purge need no sync of their own: the WAL is one ordered file, so any later synced
-//! write makes them durable too, and openraft tolerates their loss before that.
+//! The vote is written with a synced write before `save_vote` returns (RocksDB writes
+//! the WAL buffer first for a synced write). Truncation and purge need no sync of their
+//! own: the WAL is one ordered file, so any later synced write makes them durable too,
+//! and openraft tolerates their loss before that (with the WAL buffered in the process,
+//! a crash of the process alone can now lose them too, which is the same case).
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
