@@ -16,7 +16,7 @@ pub const INFLIGHT_LIMIT: usize = 1_024;
 /// Most runtime worker threads a node may be given (`--worker-threads`).
 pub const WORKER_THREADS_MAX: usize = 256;
 use stockade_raft_store::NodeAddr;
-use stockade_raft_store::{BuildPriority, CompactionPriority};
+use stockade_raft_store::{BuildPriority, CompactionPriority, SnapshotSlots};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -64,9 +64,12 @@ pub struct Args {
     pub election_min_ms: u64,
     #[arg(long, env = "STOCKADE_ELECTION_MAX_MS", default_value_t = 800)]
     pub election_max_ms: u64,
-    /// Consider a snapshot after this many entries since the last one; it is built once
-    /// the state machine has written half the last snapshot's size since it
-    /// (`SNAPSHOT_REWRITE_DIVISOR`), else considered again after as many entries.
+    /// Build a snapshot at least this many entries after the last one, once the state
+    /// machine has written half the last snapshot's size since it
+    /// (`SNAPSHOT_REWRITE_DIVISOR`) and, for a snapshot of 8 MiB or more, in this node's
+    /// slot: the log is cut into slots of this many entries, taken in turn by the voters
+    /// in id order, so that no two voters rewrite their state at once (`SnapshotSlots`).
+    /// openraft asks every quarter of this (`SNAPSHOT_TURNS_PER_SLOT`).
     #[arg(
         long,
         env = "STOCKADE_SNAPSHOT_EVERY_ENTRIES",
@@ -235,6 +238,8 @@ pub struct Config {
     pub compaction_priority: CompactionPriority,
     /// `--apply-inline-max` (`StoreOptions::apply_inline_commands_max`).
     pub apply_inline_max: usize,
+    /// `--snapshot-every-entries`: the snapshot slots' width (`SnapshotSlots`).
+    pub snapshot_every_entries: u64,
     pub log_format: LogFormat,
     /// Runtime worker threads; `None`: one per CPU core.
     pub worker_threads: Option<usize>,
@@ -338,7 +343,9 @@ impl Args {
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_min_ms,
             election_timeout_max: self.election_max_ms,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+                SnapshotSlots::policy_entries(self.snapshot_every_entries),
+            ),
             max_in_snapshot_log_to_keep: self.log_keep_entries,
             install_snapshot_timeout: 30_000,
             enable_pre_vote: Some(true),
@@ -383,6 +390,7 @@ impl Args {
                 CompactionPriorityArg::Normal => CompactionPriority::Normal,
             },
             apply_inline_max: self.apply_inline_max,
+            snapshot_every_entries: self.snapshot_every_entries,
             log_format: self.log_format,
             worker_threads: self.worker_threads,
         })

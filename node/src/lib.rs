@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use stockade_proto::raft::raft_transport_server::RaftTransportServer;
-use stockade_raft_store::{open, NodeAddr, Raft, StoreOptions};
+use stockade_raft_store::{open, NodeAddr, Raft, SnapshotSlots, StoreOptions};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -125,6 +125,7 @@ pub async fn start(cfg: Config) -> Result<NodeHandle, StartError> {
     store_opts.snapshot_build_priority = cfg.snapshot_build_priority;
     store_opts.compaction_priority = cfg.compaction_priority;
     store_opts.apply_inline_commands_max = cfg.apply_inline_max;
+    store_opts.snapshot_slots = Some(SnapshotSlots::new(cfg.node_id, cfg.snapshot_every_entries));
     let (log, sm) = open(&store_opts).map_err(|source| StartError::Store {
         dir: cfg.data_dir.display().to_string(),
         source,

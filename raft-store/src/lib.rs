@@ -27,7 +27,7 @@ pub mod validate;
 pub use error::StoreError;
 pub use store::{
     open, BuildPriority, Compaction, CompactionHealth, CompactionPriority, DbMemory, LogStore,
-    RanAt, StateMachineStore, StoreOptions,
+    RanAt, SnapshotSlots, StateMachineStore, StoreOptions,
 };
 pub use types::{Command, LogEntry, Reject, Response};
 

@@ -79,6 +79,19 @@ pub const SNAPSHOT_SYNC_BYTES: u64 = 1024 * 1024;
 /// kept between snapshots stays in proportion to the state. Forced builds (an
 /// operator's `snapshot`, a follower that needs one) are never deferred.
 pub const SNAPSHOT_REWRITE_DIVISOR: u64 = 2;
+/// Policy turns per snapshot slot: openraft considers a snapshot every
+/// `--snapshot-every-entries / SNAPSHOT_TURNS_PER_SLOT` entries, and a node builds at the
+/// first turn that finds it due and in its own slot (`SnapshotSlots`, `sm.rs`). Slots are
+/// `--snapshot-every-entries` wide, so a build starts in the first quarter of its slot and
+/// the next node's at least three quarters of a slot later; with one turn per slot (the
+/// openraft policy alone) a turn late in one slot and the next node's early in the next
+/// could fall a few entries apart.
+pub const SNAPSHOT_TURNS_PER_SLOT: u64 = 4;
+/// Snapshots smaller than this are built as soon as they are due, in any slot: a build of
+/// a few MiB takes a fraction of a second and delaying it only keeps the log longer.
+/// Staggering is for the builds that hurt: 488 MB took 10.8–11.0 s on every node at once
+/// in `docs/benchmarks.md` (twenty-seventh session).
+pub const SNAPSHOT_STAGGER_MIN_BYTES: u64 = 8 * 1024 * 1024;
 /// Nice value of the thread that writes a snapshot file (Linux), under both lowered
 /// `BuildPriority`s; the default, `Idle`, also moves the thread to `SCHED_IDLE`. A build
 /// reads and rewrites the whole state (a 619 MB build took 5.9–8.8 s of CPU on each

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 pub use self::background::{BuildPriority, RanAt};
 pub use self::log::LogStore;
-pub use self::sm::{hash_pairs, StateMachineStore};
+pub use self::sm::{hash_pairs, PacingView, SnapshotSlots, StateMachineStore};
 use crate::error::StoreError;
 use crate::kv::KvRead;
 use crate::kv::Pair;
@@ -45,6 +45,9 @@ pub struct StoreOptions {
     /// the blocking pool (`limits::APPLY_INLINE_COMMANDS_MAX` by default; 0 = always on
     /// the pool; see `sm.rs`, "Where apply runs").
     pub apply_inline_commands_max: usize,
+    /// Staggers policy-triggered snapshots across the voters (`SnapshotSlots`); `None`:
+    /// every node builds as soon as one is due, as openraft's policy asks.
+    pub snapshot_slots: Option<SnapshotSlots>,
 }
 
 /// The CPU priority of RocksDB's compaction threads (its `LOW` thread pool), which
@@ -87,6 +90,7 @@ impl StoreOptions {
             snapshot_build_priority: BuildPriority::default(),
             compaction_priority: CompactionPriority::default(),
             apply_inline_commands_max: crate::limits::APPLY_INLINE_COMMANDS_MAX,
+            snapshot_slots: None,
         }
     }
 }
@@ -104,6 +108,7 @@ pub fn open(opts: &StoreOptions) -> Result<(LogStore, StateMachineStore), StoreE
         opts.dir.join("snapshots"),
         opts.snapshot_build_priority,
         opts.apply_inline_commands_max,
+        opts.snapshot_slots,
     )?;
     Ok((log, sm))
 }

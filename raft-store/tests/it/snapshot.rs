@@ -802,6 +802,135 @@ async fn policy_snapshots_wait_until_enough_was_written_since_the_last() {
     );
 }
 
+/// With `SnapshotSlots`, three stores applying the same log (membership {1, 2, 3}, then
+/// a workload, a policy turn every quarter slot) build their policy snapshots in turn:
+/// each only in its own slots, so never two in one slot. A store reopened keeps its
+/// pacing (the last snapshot's size and index come from its newest file: the first turn
+/// after the restart defers) and its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slotted_stores_take_turns_building_and_keep_them_after_a_restart() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use stockade_raft_store::{Membership, NodeAddr, SnapshotSlots};
+    const SLOT: u64 = 40;
+    let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
+    let open_slotted = |i: usize| {
+        let mut o = StoreOptions::new(dirs[i].path());
+        o.snapshot_slots = Some(SnapshotSlots {
+            node_id: i as u64 + 1,
+            entries: SLOT,
+            min_bytes: 0,
+        });
+        open(&o).unwrap()
+    };
+    let mut stores: Vec<_> = (0..3).map(open_slotted).collect();
+    let nodes: BTreeMap<u64, NodeAddr> = (1..=3u64)
+        .map(|id| {
+            let addr = NodeAddr {
+                raft_addr: format!("10.0.0.{id}:50051"),
+                api_addr: format!("10.0.0.{id}:8080"),
+            };
+            (id, addr)
+        })
+        .collect();
+    let m = Membership::new(vec![BTreeSet::from([1u64, 2, 3])], nodes).unwrap();
+    let first = <Entry as RaftEntry>::new_membership(log_id(1), m);
+    for (_, sm) in &mut stores {
+        apply_all(sm, vec![first.clone()]).await;
+    }
+    let step = SnapshotSlots::policy_entries(SLOT) as usize;
+    let mut builds: Vec<Vec<u64>> = vec![Vec::new(); 3];
+    let mut next = 2u64;
+    // Applies `log` in quarter-slot calls to the stores in `which`, a turn after each.
+    async fn run(
+        stores: &mut [(stockade_raft_store::LogStore, StateMachineStore)],
+        which: &[usize],
+        log: &[LogEntry],
+        step: usize,
+        next: &mut u64,
+        builds: &mut [Vec<u64>],
+    ) {
+        for chunk in log.chunks(step) {
+            let batch = entries(*next, chunk);
+            *next += chunk.len() as u64;
+            for &i in which {
+                apply_all(&mut stores[i].1, batch.clone()).await;
+                if let Some(mut b) = stores[i].1.try_create_snapshot_builder(false).await {
+                    b.build_snapshot().await.unwrap();
+                    builds[i].push(*next - 1);
+                }
+            }
+        }
+    }
+    let log = workload(2_000);
+    let (before, after) = log.split_at(1_200);
+    run(
+        &mut stores,
+        &[0, 1, 2],
+        before,
+        step,
+        &mut next,
+        &mut builds,
+    )
+    .await;
+    for (i, b) in builds.iter().enumerate() {
+        assert!(b.len() >= 3, "store {i} built only at {b:?}");
+        for &at in b {
+            assert_eq!(
+                (at / SLOT) % 3,
+                i as u64,
+                "store {i} built at {at}: {builds:?}"
+            );
+        }
+    }
+
+    // Node 2 restarts: its first turn defers (its last snapshot is known), and it goes on
+    // building only in its slots.
+    let built_before = builds[1].len();
+    let resumed_at = next;
+    drop(stores.remove(1));
+    stores.insert(1, open_slotted(1));
+    let newest = stockade_raft_store::store::snapshot::latest(&dirs[1].path().join("snapshots"))
+        .unwrap()
+        .expect("node 2 built snapshots");
+    let pacing = stores[1].1.snapshot_pacing();
+    assert_eq!(
+        (pacing.last_index, pacing.last_bytes),
+        (
+            *builds[1].last().unwrap(),
+            std::fs::metadata(&newest).unwrap().len()
+        ),
+        "the reopened store lost its last snapshot"
+    );
+    assert!(
+        stores[1]
+            .1
+            .try_create_snapshot_builder(false)
+            .await
+            .is_none(),
+        "the first turn after a restart must defer"
+    );
+    run(&mut stores, &[0, 1, 2], after, step, &mut next, &mut builds).await;
+    assert!(
+        builds[1].len() > built_before,
+        "no build after the restart (resumed at {resumed_at}): {:?}",
+        builds[1]
+    );
+    for (i, b) in builds.iter().enumerate() {
+        for &at in b {
+            assert_eq!(
+                (at / SLOT) % 3,
+                i as u64,
+                "store {i} built at {at}: {builds:?}"
+            );
+        }
+    }
+    let states: Vec<u64> = stores
+        .iter()
+        .map(|(_, sm)| sm.state_hash().unwrap())
+        .collect();
+    assert!(states.windows(2).all(|w| w[0] == w[1]), "{states:?}");
+}
+
 /// A snapshot of `sm` as it is now.
 async fn build(
     sm: &mut StateMachineStore,
