@@ -134,6 +134,14 @@ pub struct StateMachineStore {
 /// machine, where the nodes share cores and the disk, a build on one follower cost about
 /// half the throughput loss of builds on all three (same section, §3).
 ///
+/// **Measured** (`docs/benchmarks.md`, twenty-eighth session: 1,500,000 reservations at 50
+/// clients on one 2-core machine, three interleaved pairs against the same build with
+/// slots switched off): the same throughput and p99 within the runs' spread, but 2
+/// WAL syncs of 100 ms or more against 15 and a slowest reservation of 93–146 ms against
+/// 311–1,715 ms. The largest builds there outlast a slot (those of 400 MB or more took
+/// 18–41 s at idle priority under full load, against about 14 s per slot), so a build can
+/// still overlap the next node's: slots keep the builds' starts apart, not their ends.
+///
 /// **What it keeps.** The rank comes from the applied membership and the slot from the
 /// applied index, both the same on every replica and both durable, so the stagger holds
 /// across restarts, as the state grows and in any long run (a per-node delay or size
