@@ -68,7 +68,8 @@ pub struct Args {
     /// machine has written half the last snapshot's size since it
     /// (`SNAPSHOT_REWRITE_DIVISOR`) and, for a snapshot of 8 MiB or more, in this node's
     /// slot: the log is cut into slots of this many entries, taken in turn by the voters
-    /// in id order, so that no two voters rewrite their state at once (`SnapshotSlots`).
+    /// in id order, so that the voters start rewriting their state in turn, not all at
+    /// once (a build longer than a slot can still overlap the next; `SnapshotSlots`).
     /// openraft asks every quarter of this (`SNAPSHOT_TURNS_PER_SLOT`).
     #[arg(
         long,
