@@ -100,7 +100,8 @@ pub struct Args {
     /// Apply calls of at most this many commands run on the runtime's worker; larger
     /// ones (a follower catching up) on the blocking pool. 0 = always on the pool. The
     /// hand-off to a pool thread and back cost more CPU than a small apply itself
-    /// (docs/benchmarks.md, "Twenty-fourth session").
+    /// (docs/benchmarks.md, "Twenty-fourth session"); a large one on the worker holds up
+    /// every request behind it ("Thirtieth session").
     #[arg(long, env = "STOCKADE_APPLY_INLINE_MAX", default_value_t = APPLY_INLINE_COMMANDS_MAX)]
     pub apply_inline_max: usize,
     /// Log entries kept behind a snapshot (so slightly lagging followers need no snapshot).
@@ -311,7 +312,7 @@ impl Args {
             return Err(ConfigError::ForwardBatchMax);
         }
         // Larger would let one apply call hold a runtime worker for longer than a full
-        // entry's worth of commands (`APPLY_INLINE_COMMANDS_MAX`).
+        // entry's worth of commands (see `APPLY_INLINE_COMMANDS_MAX`).
         if self.apply_inline_max > BATCH_COMMANDS_MAX {
             return Err(ConfigError::ApplyInlineMax);
         }

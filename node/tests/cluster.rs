@@ -957,7 +957,8 @@ async fn replication_flows_on_streams_and_every_replica_agrees() {
     assert!(stage_count(&text, "stockade_raft_round_duration_seconds") > 0);
     assert!(stage_count(&text, "stockade_apply_duration_seconds") > 0);
     // Every apply call is counted once, by where it ran; a small crowd's calls are all
-    // small enough for the worker (`--apply-inline-max`, default one full entry).
+    // small enough for the worker (`--apply-inline-max`, default 128 commands; the
+    // crowd is 60 reservations in all).
     let calls_on = |on: &str| {
         let prefix = format!("stockade_apply_calls_total{{on=\"{on}\"}} ");
         text.lines()

@@ -108,12 +108,25 @@ pub const SNAPSHOT_BUILD_NICE: i32 = 19;
 pub const SST_BYTES_PER_SYNC: u64 = 1024 * 1024;
 /// Commands in one apply call that still runs on the calling async task rather than on
 /// tokio's blocking pool (`StoreOptions::apply_inline_commands_max`; `store/sm.rs`,
-/// "Where apply runs"): one full group-commit entry. At about 9 µs per reservation
-/// (`docs/benchmarks.md`, storage layer) a call of reservations holds a worker for about
-/// 10 ms at worst (a `Tick` counts as one command and may expire up to
-/// `TICK_EXPIRE_BATCH_MAX` deadlines); a follower applying a backlog of many entries at
-/// once goes to the pool.
-pub const APPLY_INLINE_COMMANDS_MAX: usize = BATCH_COMMANDS_MAX;
+/// "Where apply runs").
+///
+/// The bound is a time budget, not an entry size: it is how long one call may keep a
+/// node's worker from everything else it serves (client streams, forwarded batches,
+/// replication, heartbeats). At about 9 µs per reservation (`docs/benchmarks.md`, storage
+/// layer) 128 commands hold the worker for about 1 ms (a `Tick` counts as one command
+/// and may expire up to `TICK_EXPIRE_BATCH_MAX` deadlines). It was one full group-commit
+/// entry (1,024, about 10 ms); at 1,000 clients the leader applied calls of several full
+/// entries, and with one worker per node (the co-located default) every request that
+/// arrived meanwhile waited for them. A larger call now runs on a pool thread, on the
+/// other core, while the worker goes on serving. Interleaved pairs of one binary
+/// (`docs/benchmarks.md`, thirtieth session): `bench-peers`' stream cells at 1,000
+/// clients p99 100 / 99.6 / 119 ms instead of 128 / 126 / 153, the open loop's p99 14.3 /
+/// 35.7 / 17.0 instead of 35.8 / 41.7 / 49.7 ms, 100,000 units at 256 clients 3–10% more
+/// reservations/s with a lower p99 in all three pairs; at 50 clients calls are small and
+/// mostly stay on the worker, and the cell stayed within its spread. The price is CPU:
+/// the 100,000-unit cell used 6–19% more server CPU for the same work (the hand-off and
+/// a second thread's wake-ups). 64 was not distinguishable from 128.
+pub const APPLY_INLINE_COMMANDS_MAX: usize = 128;
 /// Appends waiting for the WAL-sync thread; past it an append syncs on its own.
 pub const WAL_SYNC_QUEUE_MAX: usize = 4_096;
 /// A WAL sync slower than this is logged (`slow WAL sync`) and counted

@@ -5,9 +5,10 @@
 //! the clock, go to RocksDB as one `WriteBatch`, and only then are the responses sent.
 //!
 //! **Where apply runs.** A call of at most `StoreOptions::apply_inline_commands_max`
-//! commands (default `limits::APPLY_INLINE_COMMANDS_MAX`, one full group-commit entry)
-//! runs on the async task that called it, openraft's state-machine task; a larger one
-//! (a follower catching up, a backlog after a stall) goes to tokio's blocking pool. Until
+//! commands (default `limits::APPLY_INLINE_COMMANDS_MAX`, 128) runs on the async task
+//! that called it, openraft's state-machine task; a larger one (several full entries at
+//! 1,000 clients, a follower catching up, a backlog after a stall) goes to tokio's
+//! blocking pool. Until
 //! 2026-12-06 every call went to the pool. The work is short and in memory: point reads
 //! that the memtable and block cache serve, then one write that skips the WAL (below),
 //! about 9 µs per reservation (`docs/benchmarks.md`, storage layer). Handing that to a
@@ -20,7 +21,9 @@
 //! risks is what the log's own append (an unsynced RocksDB write on openraft's core task,
 //! `log.rs`) already risks: a write that RocksDB delays or stops (level-0 files piling
 //! up) holds the worker too. The bound on commands bounds how long one call keeps the
-//! worker from the node's other tasks (about 10 ms for a full entry of reservations; see
+//! worker from the node's other tasks (about 1 ms of reservations; it was one full
+//! entry, about 10 ms, until the thirtieth session found that large calls on the worker
+//! held up the requests behind them at 1,000 clients; see
 //! `limits::APPLY_INLINE_COMMANDS_MAX`).
 //!
 //! **The apply batch bypasses the WAL** (`WriteOptions::disable_wal`): it lives in the
