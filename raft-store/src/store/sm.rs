@@ -8,12 +8,12 @@
 //! commands (default `limits::APPLY_INLINE_COMMANDS_MAX`, 128) runs on the async task
 //! that called it, openraft's state-machine task; a larger one (several full entries at
 //! 1,000 clients, a follower catching up, a backlog after a stall) goes to tokio's
-//! blocking pool. Until
-//! 2026-12-06 every call went to the pool. The work is short and in memory: point reads
-//! that the memtable and block cache serve, then one write that skips the WAL (below),
-//! about 9 µs per reservation (`docs/benchmarks.md`, storage layer). Handing that to a
-//! pool thread and back cost more than the work itself: a parked thread woken, the worker
-//! parked, then woken again by the result, on every node for every entry. Inline, with
+//! blocking pool. Until 2026-12-06 every call went to the pool. The work is short and in
+//! memory: point reads that the memtable and block cache serve, then one write that
+//! skips the WAL (below), about 9 µs per reservation (`docs/benchmarks.md`, storage
+//! layer). Handing that to a pool thread and back cost more than the work itself: a
+//! parked thread woken, the worker parked, then woken again by the result, on every node
+//! for every entry. Inline, with
 //! the same binary, three release nodes on one 2-core machine used 9–40% less node CPU
 //! per request in all nine interleaved pairs (50 and 256 clients, reservations and the
 //! mixed flow, one and two runtime workers) and sold 100,000 units in 1.40 / 1.93 s
