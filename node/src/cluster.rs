@@ -110,6 +110,12 @@ pub struct WriteStats {
     /// Follower: per batch forwarded, how long its oldest proposal waited in the forward
     /// queue for a free slot (`stockade_forward_wait_seconds`).
     pub forward_wait: Histogram,
+    /// Leader: per `Tick` answered, the holds and orders it expired plus the idempotency
+    /// records it purged (`stockade_tick_expirations`; see `crate::ticker`).
+    pub tick_expirations: Histogram,
+    /// Leader: how late the earliest due deadline was, in ms, when the ticker last looked
+    /// (0 when none was due, and on a follower) (`stockade_deadline_lag_seconds`).
+    pub deadline_lag_ms: AtomicU64,
 }
 
 impl Default for WriteStats {
@@ -126,6 +132,8 @@ impl Default for WriteStats {
             raft_round: stage_histogram(),
             forward_round: stage_histogram(),
             forward_wait: stage_histogram(),
+            tick_expirations: crate::ticker::expirations_histogram(),
+            deadline_lag_ms: AtomicU64::default(),
         }
     }
 }

@@ -258,6 +258,11 @@ pub fn render(c: &NodeCluster) -> String {
     ] {
         gauge(&mut out, name, help, &one(v));
     }
+    let lag_s = c.stats.deadline_lag_ms.load(Ordering::Relaxed) as f64 / 1_000.0;
+    let _ = writeln!(
+        out,
+        "# HELP stockade_deadline_lag_seconds Leader: how late the earliest due deadline (hold expiry, payment timeout, record purge) was at the ticker's last look; 0 when none was due, and on followers.\n# TYPE stockade_deadline_lag_seconds gauge\nstockade_deadline_lag_seconds {lag_s}"
+    );
     stages(&mut out, c);
     out
 }
@@ -296,6 +301,11 @@ fn stages(out: &mut String, c: &NodeCluster) {
             "forward_duration_seconds",
             "Follower: per request forwarded, its round trip (a proposal batch: until its last answer).",
             c.stats.forward_round.clone(),
+        ),
+        (
+            "tick_expirations",
+            "Leader: per Tick, the holds and orders it expired plus the idempotency records it purged.",
+            c.stats.tick_expirations.clone(),
         ),
     ] {
         reg.register(name, help, h);

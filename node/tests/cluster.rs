@@ -225,6 +225,14 @@ async fn metrics_until(h: &NodeHandle, what: &str, ok: impl Fn(&str) -> bool) ->
     panic!("{what} never held:\n{text}");
 }
 
+/// One unlabelled sample of a node's `/metrics`.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+}
+
 fn counter_total(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name}_total ")))
@@ -452,6 +460,30 @@ async fn hold_expiry_is_replicated_and_feeds_the_waitlist_even_after_a_leader_ch
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let promoted = promoted.expect("bob was promoted by the replicated tick");
+    // The leader's /metrics count what its Ticks expired (ann's hold at least; bob's may
+    // have expired too by now); followers never tick. Expiry is not behind: the lag
+    // gauge is there and under 10 s (the ticker looks at least every 50 ms).
+    let text = metrics_until(&c.nodes[&leader], "a Tick counted", |t| {
+        metric(t, "stockade_tick_expirations_sum") >= 1.0
+    })
+    .await;
+    assert!(metric(&text, "stockade_tick_expirations_count") >= 1.0);
+    assert!(metric(&text, "stockade_deadline_lag_seconds") < 10.0);
+    for h in c.nodes.values().filter(|h| h.id != leader) {
+        let t = stockade_api::Cluster::metrics_text(&*h.cluster);
+        assert_eq!(
+            metric(&t, "stockade_tick_expirations_count"),
+            0.0,
+            "node {}",
+            h.id
+        );
+        assert_eq!(
+            metric(&t, "stockade_deadline_lag_seconds"),
+            0.0,
+            "node {}",
+            h.id
+        );
+    }
     converged(&c).await;
     for h in c.nodes.values() {
         let view = h.cluster.read(ReadLevel::Stale).await.unwrap().value;
