@@ -114,14 +114,16 @@ pub const SST_BYTES_PER_SYNC: u64 = 1024 * 1024;
 /// node's worker from everything else it serves (client streams, forwarded batches,
 /// replication, heartbeats). At about 9 µs per reservation (`docs/benchmarks.md`, storage
 /// layer) 128 commands hold the worker for about 1 ms. A `Tick` counts as one command
-/// although it may expire up to `TICK_EXPIRE_BATCH_MAX` deadlines: the ticker proposes
-/// one as soon as a deadline is due, so most are small. In five `bench-peers` stream
-/// cells (a quarter of the holds expire there) the leader's 3,310 Ticks expired 3 holds
-/// at p50, 28 at p90, 64 at p99 and 249 at most; only 3 reached 128
-/// (`docs/benchmarks.md`, thirty-first session). Counting every Tick at its bound would
-/// send all 3,310 to the pool to move those 3. It was one full group-commit
-/// entry (1,024, about 10 ms); at 1,000 clients the leader applied calls of several full
-/// entries, and with one worker per node (the co-located default) every request that
+/// although it may expire up to `TICK_EXPIRE_BATCH_MAX` deadlines, so this bound does
+/// not hold for Ticks (`docs/benchmarks.md`, thirty-first session): where expiries trickle
+/// in, Ticks are small (five `bench-peers` stream cells, where a quarter of the holds
+/// expire: 3,310 Ticks, 3 holds at p50, 64 at p99, 3 of them 128 or more), and counting
+/// each at its bound would send them all to the pool; where a crowd's holds expire
+/// together, most are full (50,000 holds granted in 1.26 s with a 1 s TTL: 201 of 241
+/// Ticks expired 129–256). Weighting a Tick by what the last one did is not built.
+///
+/// The bound was one full group-commit entry (1,024, about 10 ms); at 1,000 clients the
+/// leader applied calls of several full entries, and with one worker per node (the co-located default) every request that
 /// arrived meanwhile waited for them. A larger call now runs on a pool thread, on the
 /// other core, while the worker goes on serving. Interleaved pairs of one binary
 /// (`docs/benchmarks.md`, thirtieth session): `bench-peers`' stream cells at 1,000
