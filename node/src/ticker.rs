@@ -112,7 +112,7 @@ mod tests {
     }
 
     #[test]
-    fn expirations_add_holds_orders_and_purged_records_only() {
+    fn expirations_add_holds_orders_and_purged_records_only() -> std::fmt::Result {
         let r = TickReport {
             holds_expired: 3,
             orders_expired: 2,
@@ -129,7 +129,7 @@ mod tests {
         let mut reg = prometheus_client::registry::Registry::default();
         reg.register("t", "t", h);
         let mut text = String::new();
-        prometheus_client::encoding::text::encode_registry(&mut text, &reg).unwrap();
+        prometheus_client::encoding::text::encode_registry(&mut text, &reg)?;
         assert!(text.contains("t_count 2"), "{text}");
         assert!(text.contains("t_sum 10.0"), "{text}");
         // 10 falls in the bucket up to 16; the zero in the first one.
@@ -137,5 +137,6 @@ mod tests {
         assert!(text.contains("t_bucket{le=\"8.0\"} 1"), "{text}");
         assert!(text.contains("t_bucket{le=\"16.0\"} 2"), "{text}");
         assert!(text.contains("t_bucket{le=\"512.0\"} 2"), "{text}");
+        Ok(())
     }
 }
