@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 
 use crate::cluster::NodeCluster;
 
-fn gauge(out: &mut String, name: &str, help: &str, samples: &[(String, u64)]) {
+fn gauge<V: std::fmt::Display>(out: &mut String, name: &str, help: &str, samples: &[(String, V)]) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
     for (labels, v) in samples {
         if labels.is_empty() {
@@ -259,9 +259,11 @@ pub fn render(c: &NodeCluster) -> String {
         gauge(&mut out, name, help, &one(v));
     }
     let lag_s = c.stats.deadline_lag_ms.load(Ordering::Relaxed) as f64 / 1_000.0;
-    let _ = writeln!(
-        out,
-        "# HELP stockade_deadline_lag_seconds Leader: how late the earliest due deadline (hold expiry, payment timeout, record purge) was at the ticker's last look; 0 when none was due, and on followers.\n# TYPE stockade_deadline_lag_seconds gauge\nstockade_deadline_lag_seconds {lag_s}"
+    gauge(
+        &mut out,
+        "stockade_deadline_lag_seconds",
+        "Leader: how late the earliest due deadline (hold expiry, payment timeout, record purge) was at the ticker's last look; 0 when none was due, and on followers.",
+        &[(String::new(), lag_s)],
     );
     stages(&mut out, c);
     out

@@ -234,10 +234,7 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 fn counter_total(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}_total ")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name}_total missing from /metrics:\n{text}"))
+    metric(text, &format!("{name}_total")) as u64
 }
 
 fn state_hash(h: &NodeHandle) -> u64 {
@@ -950,12 +947,7 @@ async fn replication_flows_on_streams_and_every_replica_agrees() {
     );
     // Where a node's memory is, on /metrics: the crowd's writes are in the memtables.
     let text = stockade_api::Cluster::metrics_text(&*l.cluster);
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
-    };
+    let value = |name: &str| metric(&text, name) as u64;
     assert!(value("stockade_rocksdb_memtable_bytes") > 0);
     assert!(value("stockade_process_resident_bytes") > 0);
     let _ = value("stockade_rocksdb_block_cache_bytes");
