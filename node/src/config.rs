@@ -98,7 +98,8 @@ pub struct Args {
     )]
     pub compaction_priority: CompactionPriorityArg,
     /// Apply calls of at most this many commands run on the runtime's worker; larger
-    /// ones (a follower catching up) on the blocking pool. 0 = always on the pool. The
+    /// ones (a follower catching up) on the blocking pool. 0 = always on the pool. A
+    /// `Tick` counts for the deadlines the last Tick on this node handled. The
     /// hand-off to a pool thread and back cost more CPU than a small apply itself
     /// (docs/benchmarks.md, "Twenty-fourth session"); a large one on the worker holds up
     /// every request behind it ("Thirtieth session").

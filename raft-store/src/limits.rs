@@ -113,14 +113,16 @@ pub const SST_BYTES_PER_SYNC: u64 = 1024 * 1024;
 /// The bound is a time budget, not an entry size: it is how long one call may keep a
 /// node's worker from everything else it serves (client streams, forwarded batches,
 /// replication, heartbeats). At about 9 µs per reservation (`docs/benchmarks.md`, storage
-/// layer) 128 commands hold the worker for about 1 ms. A `Tick` counts as one command
-/// although it may expire up to `TICK_EXPIRE_BATCH_MAX` deadlines, so this bound does
-/// not hold for Ticks (`docs/benchmarks.md`, thirty-first session): where expiries trickle
-/// in, Ticks are small (five `bench-peers` stream cells, where a quarter of the holds
-/// expire: 3,310 Ticks, 3 holds at p50, 64 at p99, 3 of them 128 or more), and counting
-/// each at its bound would send them all to the pool; where a crowd's holds expire
-/// together, most are full (50,000 holds granted in 1.26 s with a 1 s TTL: 201 of 241
-/// Ticks expired 129–256). Weighting a Tick by what the last one did is not built.
+/// layer) 128 commands hold the worker for about 1 ms. A `Tick` may take up to
+/// `TICK_EXPIRE_BATCH_MAX` deadlines, so it counts for what the last Tick on the same
+/// node handled (`store/sm.rs`, `commands_in`; until the thirty-second session it counted
+/// as one, and the bound did not hold for Ticks). Where expiries trickle in, Ticks are
+/// small (five `bench-peers` stream cells, where a quarter of the holds expire: 3,310
+/// Ticks, 3 holds at p50, 64 at p99, 3 of them 128 or more), and counting each at its
+/// bound would send them all to the pool; where a crowd's holds expire together, most
+/// are full (50,000 holds granted in 1.26 s with a 1 s TTL: 201 of 241 Ticks expired
+/// 129–256), and those now run on the pool, at no measured cost or gain in speed
+/// (`docs/benchmarks.md`, thirty-first and thirty-second sessions).
 ///
 /// The bound was one full group-commit entry (1,024, about 10 ms); at 1,000 clients the
 /// leader applied calls of several full entries, and with one worker per node (the co-located default) every request that

@@ -62,6 +62,8 @@ pub struct Machine<'t, 'a, R: KvRead + ?Sized> {
     /// holds at most the sales one apply call names (bounded by its commands).
     sales: BTreeMap<String, SaleRecord>,
     report: TickReport,
+    /// What the last `Tick` of this call handled, if it ran one ([`Machine::last_tick_work`]).
+    last_tick_work: Option<usize>,
     /// No live deadline is earlier than this (see the module docs).
     deadline_floor: u64,
     /// Per sale, no live waitlist entry has a lower sequence (see the module docs).
@@ -80,6 +82,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
             touched: BTreeSet::new(),
             sales: BTreeMap::new(),
             report: TickReport::default(),
+            last_tick_work: None,
             deadline_floor: 0,
             wait_floors: BTreeMap::new(),
         })
@@ -132,6 +135,15 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
 
     pub fn clock_ms(&self) -> u64 {
         self.clock_ms
+    }
+
+    /// How much the last `Tick` applied by this machine handled, `None` if it applied
+    /// none: the due deadlines it took (stale ones included: each still costs a read and
+    /// a delete) plus the waitlist entries it dropped or promoted. Only where a replica
+    /// runs its next apply call depends on it (`store/sm.rs`, "Where apply runs"), never
+    /// the state, so replicas stay identical.
+    pub fn last_tick_work(&self) -> Option<usize> {
+        self.last_tick_work
     }
 
     /// Applies one log entry: advances the clock to `at_ms` (never backwards), then runs
@@ -1000,6 +1012,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
         self.report = TickReport::default();
         let (lo, hi) = keys::deadlines_due(self.deadline_floor, self.clock_ms);
         let due = self.txn.scan(&lo, &hi, TICK_EXPIRE_BATCH_MAX as usize)?;
+        let scanned = due.len();
         for (key, _) in due {
             let Some((_, what)) = keys::parse_deadline(&key) else {
                 return Err(StoreError::Corrupt {
@@ -1011,6 +1024,8 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
             self.run_deadline(what)?;
         }
         let mut report = std::mem::take(&mut self.report);
+        self.last_tick_work =
+            Some(scanned + report.waitlist_dropped as usize + report.waitlist_promoted as usize);
         // Handling a deadline may add one (a sale close retried, a hand-off), possibly
         // below where this scan began: look again from the floor as it is now.
         let (lo, hi) = keys::deadlines_due(self.deadline_floor, self.clock_ms);

@@ -5,9 +5,10 @@
 //! the clock, go to RocksDB as one `WriteBatch`, and only then are the responses sent.
 //!
 //! **Where apply runs.** A call of at most `StoreOptions::apply_inline_commands_max`
-//! commands (default `limits::APPLY_INLINE_COMMANDS_MAX`, 128) runs on the async task
-//! that called it, openraft's state-machine task; a larger one (several full entries at
-//! 1,000 clients, a follower catching up, a backlog after a stall) goes to tokio's
+//! commands (default `limits::APPLY_INLINE_COMMANDS_MAX`, 128; a `Tick` counts for what
+//! the last Tick handled, see [`commands_in`]) runs on the async task that called it,
+//! openraft's state-machine task; a larger one (several full entries at 1,000 clients, a
+//! follower catching up, a backlog after a stall, a wave of expiries) goes to tokio's
 //! blocking pool. Until 2026-12-06 every call went to the pool. The work is short and in
 //! memory: point reads that the memtable and block cache serve, then one write that
 //! skips the WAL (below), about 9 µs per reservation (`docs/benchmarks.md`, storage
@@ -61,7 +62,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, TryStreamExt};
@@ -117,6 +118,10 @@ pub struct StateMachineStore {
     /// Apply calls of at most this many commands run on the calling async task instead
     /// of the blocking pool (`StoreOptions::apply_inline_commands_max`).
     inline_commands_max: usize,
+    /// What the next `Tick` counts for against `inline_commands_max`: what the last Tick
+    /// applied on this node handled (`Machine::last_tick_work`), at least 1. See
+    /// [`commands_in`].
+    tick_weight: Arc<AtomicUsize>,
     /// Apply calls run inline and on the blocking pool, since the start
     /// (`stockade_apply_calls_total{on=…}`).
     applies_inline: Arc<AtomicU64>,
@@ -359,6 +364,7 @@ impl StateMachineStore {
             compacting: Arc::default(),
             apply_seconds: crate::timing::stage_histogram(),
             inline_commands_max,
+            tick_weight: Arc::new(AtomicUsize::new(1)),
             applies_inline: Arc::default(),
             applies_pooled: Arc::default(),
         };
@@ -605,6 +611,9 @@ impl StateMachineStore {
             floor = machine.deadline_floor();
             wait_floors = machine.take_wait_floors();
             clock_ms = machine.clock_ms();
+            if let Some(work) = machine.last_tick_work() {
+                self.tick_weight.store(work.max(1), Ordering::Relaxed);
+            }
             gates = machine.finish()?;
         }
         if let Some(id) = &last_applied {
@@ -937,14 +946,44 @@ impl Drop for FloorWrite<'_> {
     }
 }
 
-/// Commands in one log entry (a group-commit batch counts each of its commands).
-fn commands_in(entry: &Entry) -> usize {
+/// What `entry` counts for against the inline bound: one per command, except a `Tick`,
+/// which counts `tick_weight` (what the last Tick on this node handled).
+///
+/// **Why a Tick is weighted.** A reservation is about one command's work; a Tick takes up
+/// to `TICK_EXPIRE_BATCH_MAX` (256) due deadlines, each a read, a delete and an expiry's
+/// writes. Counted as one, a Tick of 256 expiries ran on the worker beside 127 other
+/// commands, so the bound (a time budget, `limits::APPLY_INLINE_COMMANDS_MAX`) did not
+/// hold when a crowd's holds expired together, which is exactly when a flash sale's
+/// second wave arrives (`docs/benchmarks.md`, thirty-first session: 201 of 241 Ticks
+/// expired 129–256). What the next Tick will handle is only known by running it, so the
+/// weight is the last Tick's: Ticks come back to back while a wave of deadlines is due
+/// (the ticker re-proposes at once while `more_due`), so the last one is a good guess:
+/// only the first Tick of a wave is misjudged, and one call of at most 256 deadlines more
+/// than the bound is what every Tick could cost before. Counting every Tick at its
+/// bound instead would send every call holding a Tick to the pool, though most Ticks
+/// are small where expiries trickle in (3 deadlines at p50 in `bench-peers`' cells). It
+/// is a local choice of where to run, made again on every replica, so the state is the
+/// same either way.
+///
+/// **Measured** (`docs/benchmarks.md`, thirty-second session): waves of 100,000 holds
+/// expiring (TTL 1 s) while the crowd still reserves, nine interleaved pairs against the
+/// unweighted count at 256 and 1,000 clients. The Ticks went to the pool (about 300 more
+/// pooled calls per run on every node), and throughput, p99 and node CPU stayed within
+/// this machine's spread. It is kept for the bound's promise, not for speed.
+fn commands_in(entry: &Entry, tick_weight: usize) -> usize {
     match &entry.payload {
-        EntryPayload::Normal(le) => match le.cmd.as_ref() {
-            crate::types::Command::Batch(c) => c.len(),
-            _ => 1,
-        },
+        EntryPayload::Normal(le) => command_weight(&le.cmd, tick_weight),
         EntryPayload::Blank | EntryPayload::Membership(_) => 1,
+    }
+}
+
+fn command_weight(cmd: &crate::types::Command, tick_weight: usize) -> usize {
+    use crate::types::Command;
+    match cmd {
+        Command::Tick => tick_weight,
+        // Not nested (`Command::Batch`): one level deep.
+        Command::Batch(c) => c.iter().map(|c| command_weight(c, tick_weight)).sum(),
+        _ => 1,
     }
 }
 
@@ -1009,7 +1048,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let commands: usize = batch.iter().map(commands_in).sum();
+        let tick_weight = self.tick_weight.load(Ordering::Relaxed);
+        let commands: usize = batch.iter().map(|e| commands_in(e, tick_weight)).sum();
         // Small calls run right here, on the runtime's worker (module docs, "Where apply
         // runs"); larger ones on the blocking pool.
         let responses = if commands <= self.inline_commands_max {

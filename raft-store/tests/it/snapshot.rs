@@ -931,6 +931,95 @@ async fn slotted_stores_take_turns_building_and_keep_them_after_a_restart() {
     assert!(states.windows(2).all(|w| w[0] == w[1]), "{states:?}");
 }
 
+/// A `Tick` counts against the inline bound for what the last Tick on the store handled
+/// (at least 1), alone or inside a group-commit `Batch`: a Tick after one that expired
+/// 10 holds goes to the pool by itself, and a `Batch` of 2 entries' worth of commands
+/// goes there when its Tick follows one that expired 6. Bound 5 throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_counts_in_the_inline_bound_for_what_the_last_tick_handled() {
+    let dir = TempDir::new().unwrap();
+    let mut opts = StoreOptions::new(dir.path());
+    opts.apply_inline_commands_max = 5;
+    let (_log, mut sm) = open(&opts).unwrap();
+    let mut index = 0;
+    // One entry per call; the spec's holds live 5 s.
+    let mut call = |at_ms: u64, cmd: Command| {
+        index += 1;
+        entries(
+            index,
+            &[LogEntry {
+                at_ms,
+                cmd: cmd.into(),
+            }],
+        )
+    };
+    let reserves = |users: std::ops::Range<u32>| {
+        users
+            .map(|u| reserve(&format!("u{u}"), 1, &format!("r{u}")))
+            .collect::<Vec<_>>()
+    };
+    let steps: Vec<(&str, Vec<Entry>, (u64, u64))> = vec![
+        (
+            "the sale",
+            call(0, Command::CreateSale(Box::new(spec(100)))),
+            (1, 0),
+        ),
+        // 10 commands: over the bound by count alone.
+        (
+            "10 holds",
+            call(1_000, Command::Batch(reserves(0..10))),
+            (1, 1),
+        ),
+        // The first Tick counts 1; it expires the 10 holds (due at 6,000).
+        ("a Tick of 10", call(7_000, Command::Tick), (2, 1)),
+        // Counts 10 although it finds nothing due: pooled. Then the weight is 1 again.
+        ("an empty Tick", call(7_500, Command::Tick), (2, 2)),
+        ("the Tick after it", call(7_600, Command::Tick), (3, 2)),
+        (
+            "6 holds",
+            call(8_000, Command::Batch(reserves(10..16))),
+            (3, 3),
+        ),
+        // Expires the 6 holds (due at 13,000).
+        ("a Tick of 6", call(14_000, Command::Tick), (4, 3)),
+        // 2 commands, but 1 + 6.
+        (
+            "a hold and a Tick",
+            call(
+                14_500,
+                Command::Batch(vec![reserve("u16", 1, "r16"), Command::Tick]),
+            ),
+            (4, 4),
+        ),
+        // 1 + 1 after that empty Tick.
+        (
+            "another hold and a Tick",
+            call(
+                15_000,
+                Command::Batch(vec![reserve("u17", 1, "r17"), Command::Tick]),
+            ),
+            (5, 4),
+        ),
+    ];
+    for (what, batch, want) in steps {
+        apply_all(&mut sm, batch).await;
+        assert_eq!(
+            sm.apply_calls(),
+            want,
+            "after {what}: (inline, pooled) calls"
+        );
+    }
+    // The Ticks did expire what the weights were taken from.
+    let sale = stockade_raft_store::query::sale(&sm.view(), SALE)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (sale.stats.holds_expired, sale.counters.held),
+        (16, 2),
+        "{sale:?}"
+    );
+}
+
 /// A snapshot of `sm` as it is now.
 async fn build(
     sm: &mut StateMachineStore,
@@ -950,7 +1039,10 @@ async fn turn(sm: &mut StateMachineStore, force: bool) -> bool {
 /// Apply calls of up to `apply_inline_commands_max` commands run on the calling task,
 /// larger ones on the blocking pool, and the two paths leave the same state: one store
 /// with every call on the pool, one with every call inline, one that splits the calls
-/// between the two, all equal to an in-memory replay.
+/// between the two, all equal to an in-memory replay. (The workload's Ticks count for
+/// what the last Tick handled, at least 1, so with the split bound at least the calls of
+/// more than 5 entries go to the pool; the exact weights are pinned by
+/// `a_tick_counts_in_the_inline_bound_for_what_the_last_tick_handled`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_inline_or_on_the_pool_ends_in_the_same_state() {
     let log = workload(400);
@@ -971,21 +1063,27 @@ async fn apply_inline_or_on_the_pool_ends_in_the_same_state() {
     let (inline_calls, pooled_calls) = (calls_of(|n| n <= 5), calls_of(|n| n > 5));
     assert!(inline_calls > 0 && pooled_calls > 0, "both paths must run");
     let mut hashes = Vec::new();
-    for (bound, want) in [
-        (0, (0, inline_calls + pooled_calls)),
-        (5, (inline_calls, pooled_calls)),
-        (1_024, (inline_calls + pooled_calls, 0)),
-    ] {
+    for bound in [0, 5, 1_024] {
         let dir = TempDir::new().unwrap();
         let mut opts = StoreOptions::new(dir.path());
         opts.apply_inline_commands_max = bound;
         let (_log, mut sm) = open(&opts).unwrap();
         apply_in_batches(&mut sm, &log, &sizes).await;
+        let (inline, pooled) = sm.apply_calls();
         assert_eq!(
-            sm.apply_calls(),
-            want,
-            "bound {bound}: (inline, pooled) calls"
+            inline + pooled,
+            inline_calls + pooled_calls,
+            "bound {bound}: every call runs once"
         );
+        match bound {
+            0 => assert_eq!(inline, 0, "bound 0: every call on the pool"),
+            5 => assert!(
+                inline > 0 && pooled >= pooled_calls,
+                "bound 5: (inline, pooled) = ({inline}, {pooled}), \
+                 at least {pooled_calls} pooled by their entries"
+            ),
+            _ => assert_eq!(pooled, 0, "bound {bound}: every call inline"),
+        }
         assert_eq!(
             domain(sm.dump().unwrap()),
             replay(&log),
