@@ -4,6 +4,7 @@ mod common;
 mod compaction;
 mod conformance;
 mod crash;
+mod deadlines;
 mod golden;
 mod log_cache;
 mod model;

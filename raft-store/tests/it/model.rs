@@ -598,6 +598,7 @@ impl Model {
 /// and the promotion count are checked through state instead.
 fn normalise(r: &Response) -> Response {
     match r {
+        Response::Batch(rs) => Response::Batch(rs.iter().map(normalise).collect()),
         Response::Ticked(t) => Response::Ticked(TickReport {
             holds_expired: t.holds_expired,
             orders_expired: t.orders_expired,
@@ -621,7 +622,43 @@ struct Run {
     mem: Mem,
 }
 
-fn run_ops(quantity: u32, limit: u32, window_ms: u64, ops: &[Op]) -> Result<Run, TestCaseError> {
+/// Applies `pending` to the model one by one and to the machine as one entry: alone if
+/// `batch_max` is 1, else as a group-commit `Batch` (whose hold, order and idempotency
+/// deadlines are written as bundles), then checks the state.
+fn flush(
+    model: &mut Model,
+    mem: &mut Mem,
+    now: u64,
+    pending: &mut Vec<Command>,
+    batch_max: usize,
+) -> Result<(), TestCaseError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let (want, cmd) = if batch_max == 1 {
+        let cmd = pending.remove(0);
+        (model.apply(now, &cmd), cmd)
+    } else {
+        let cmds = std::mem::take(pending);
+        let want = Response::Batch(cmds.iter().map(|c| model.apply(now, c)).collect());
+        (want, Command::Batch(cmds))
+    };
+    let got = mem.apply(now, cmd.clone());
+    prop_assert_eq!(normalise(&got), want, "at t={} for {:?}", now, cmd);
+    let view = mem.sale();
+    prop_assert_eq!(view.counters, model.c);
+    prop_assert!(view.counters.conserves(model.spec.quantity));
+    prop_assert_eq!(view.waitlist_len as usize, model.queue.len());
+    users_within_limit(&mem.state, model.spec.per_user_limit)
+}
+
+fn run_ops(
+    quantity: u32,
+    limit: u32,
+    window_ms: u64,
+    batch_max: usize,
+    ops: &[Op],
+) -> Result<Run, TestCaseError> {
     let mut s = spec(quantity);
     s.starts_at_ms = STARTS;
     s.ends_at_ms = ENDS;
@@ -638,6 +675,7 @@ fn run_ops(quantity: u32, limit: u32, window_ms: u64, ops: &[Op]) -> Result<Run,
     );
 
     let mut now = 0u64;
+    let mut pending: Vec<Command> = Vec::new();
     let mut sent: Vec<Command> = Vec::new();
     let mut req = 0u32;
     for op in ops {
@@ -671,6 +709,7 @@ fn run_ops(quantity: u32, limit: u32, window_ms: u64, ops: &[Op]) -> Result<Run,
         };
         let cmd = match op {
             Op::Advance(d) => {
+                flush(&mut model, &mut mem, now, &mut pending, batch_max)?;
                 now += d;
                 continue;
             }
@@ -733,15 +772,12 @@ fn run_ops(quantity: u32, limit: u32, window_ms: u64, ops: &[Op]) -> Result<Run,
         if cmd.client_key().is_some() {
             sent.push(cmd.clone());
         }
-        let want = model.apply(now, &cmd);
-        let got = mem.apply(now, cmd.clone());
-        prop_assert_eq!(normalise(&got), want, "at t={} for {:?}", now, cmd);
-        let view = mem.sale();
-        prop_assert_eq!(view.counters, model.c);
-        prop_assert!(view.counters.conserves(quantity));
-        prop_assert_eq!(view.waitlist_len as usize, model.queue.len());
-        users_within_limit(&mem.state, limit)?;
+        pending.push(cmd);
+        if pending.len() >= batch_max {
+            flush(&mut model, &mut mem, now, &mut pending, batch_max)?;
+        }
     }
+    flush(&mut model, &mut mem, now, &mut pending, batch_max)?;
     Ok(Run { mem })
 }
 
@@ -753,10 +789,11 @@ proptest! {
         quantity in 1u32..=6,
         limit in 1u32..=3,
         cod in prop::bool::weighted(0.25),
+        batch_max in prop_oneof![1 => Just(1usize), 1 => 2usize..=8],
         ops in prop::collection::vec(op(), 1..160),
     ) {
         let window = if cod { 0 } else { 3_000 };
-        let run = run_ops(quantity, limit, window, &ops)?;
+        let run = run_ops(quantity, limit, window, batch_max, &ops)?;
         // Replaying the same log on a fresh store gives byte-identical state.
         let mut replay = MemKv::new();
         for e in &run.mem.log {
