@@ -17,8 +17,7 @@ pub const ORDER: u8 = 0x12;
 pub const USER_SALE: u8 = 0x13;
 /// `idem/<user_id>/<request_id>` → `IdemRecord`.
 pub const IDEM: u8 = 0x14;
-/// `deadline/<at_ms>/<kind>/<payload>` → empty, or for a bundle ([`Deadline::Bundle`]) the
-/// bundled deadlines (`Vec<Deadline>`). Ordered by time: `Tick` scans from the start.
+/// `deadline/<at_ms>/<kind>/<payload>` → empty. Ordered by time: `Tick` scans from the start.
 pub const DEADLINE: u8 = 0x15;
 /// `wait/<sale_id>/<seq>` → `WaitEntry`. Ordered by sequence: the head is the first key.
 pub const WAIT: u8 = 0x16;
@@ -126,9 +125,8 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     END.to_vec()
 }
 
-/// What a deadline is for. The discriminant is persisted in keys, and the variant order
-/// in a bundle's value (bincode's variant index): never renumber or reorder.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// What a deadline is for. The discriminant is persisted in keys: never renumber.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Deadline {
     /// A hold expires.
     Hold(u64),
@@ -140,13 +138,6 @@ pub enum Deadline {
     SaleClose(String),
     /// A waitlist hand-off ran out of steps and continues.
     Handoff(String),
-    /// Several hold, order or idempotency deadlines one command added for the same time,
-    /// under one key named after the first of them; the key's value lists them all
-    /// (`Vec<Deadline>`, at most `TICK_EXPIRE_BATCH_MAX`, none a bundle). A group-commit
-    /// batch of 256 reservations writes two keys (its holds' expiry, its idempotency
-    /// records' purge) instead of 512. Written by `Machine` since the thirty-third
-    /// session; a state written before has only single keys, which still work.
-    Bundle(Box<Deadline>),
 }
 
 impl Deadline {
@@ -157,27 +148,20 @@ impl Deadline {
             Deadline::Idem { .. } => 3,
             Deadline::SaleClose(_) => 4,
             Deadline::Handoff(_) => 5,
-            Deadline::Bundle(_) => 6,
-        }
-    }
-
-    /// The key's bytes after the time: the kind, then its payload.
-    fn key_tail(&self, k: KeyBuf) -> KeyBuf {
-        let k = k.u8(self.kind());
-        match self {
-            Deadline::Hold(id) | Deadline::Order(id) => k.u64(*id),
-            Deadline::Idem {
-                user_id,
-                request_id,
-            } => k.str(user_id).str(request_id),
-            Deadline::SaleClose(sale) | Deadline::Handoff(sale) => k.str(sale),
-            Deadline::Bundle(first) => first.key_tail(k),
         }
     }
 }
 
 pub fn deadline(at_ms: u64, what: &Deadline) -> Vec<u8> {
-    what.key_tail(KeyBuf::new(DEADLINE).u64(at_ms)).0
+    let k = KeyBuf::new(DEADLINE).u64(at_ms).u8(what.kind());
+    match what {
+        Deadline::Hold(id) | Deadline::Order(id) => k.u64(*id).0,
+        Deadline::Idem {
+            user_id,
+            request_id,
+        } => k.str(user_id).str(request_id).0,
+        Deadline::SaleClose(sale) | Deadline::Handoff(sale) => k.str(sale).0,
+    }
 }
 
 /// Deadlines due at or before `clock_ms`, none of them before `floor_ms`: `[lo, hi)`.
@@ -200,13 +184,7 @@ pub fn deadlines_from(at_ms: u64) -> Vec<u8> {
 pub fn parse_deadline(key: &[u8]) -> Option<(u64, Deadline)> {
     let rest = key.strip_prefix(&[DEADLINE])?;
     let (at, rest) = split_u64(rest)?;
-    Some((at, parse_deadline_tail(rest, true)?))
-}
-
-/// A deadline from its kind and payload; a bundle names its first deadline, never
-/// another bundle.
-fn parse_deadline_tail(b: &[u8], bundle_allowed: bool) -> Option<Deadline> {
-    let (&kind, rest) = b.split_first()?;
+    let (&kind, rest) = rest.split_first()?;
     let what = match kind {
         1 => Deadline::Hold(whole_u64(rest)?),
         2 => Deadline::Order(whole_u64(rest)?),
@@ -232,10 +210,9 @@ fn parse_deadline_tail(b: &[u8], bundle_allowed: bool) -> Option<Deadline> {
                 Deadline::Handoff(sale)
             }
         }
-        6 if bundle_allowed => Deadline::Bundle(Box::new(parse_deadline_tail(rest, false)?)),
         _ => return None,
     };
-    Some(what)
+    Some((at, what))
 }
 
 /// The sequence number at the end of a `wait/<sale>/<seq>` key.
@@ -303,11 +280,6 @@ mod tests {
             },
             Deadline::SaleClose("spring".into()),
             Deadline::Handoff("spring".into()),
-            Deadline::Bundle(Box::new(Deadline::Hold(7))),
-            Deadline::Bundle(Box::new(Deadline::Idem {
-                user_id: "u-1".into(),
-                request_id: "r:2".into(),
-            })),
         ];
         for (i, d) in cases.iter().enumerate() {
             let k = deadline(1_000 + i as u64, d);
@@ -323,14 +295,6 @@ mod tests {
         assert!(deadline(255, &Deadline::Hold(0)) >= lo);
         assert_eq!(lo, deadlines_from(255));
         assert_eq!(parse_deadline(&[DEADLINE, 1, 2]), None);
-        // A bundle is named after its first deadline, which is never a bundle.
-        let mut nested = deadline(5, &Deadline::Bundle(Box::new(Deadline::Hold(1))));
-        nested.insert(10, 6);
-        assert_eq!(parse_deadline(&nested), None);
-        let mut lone = deadline(5, &Deadline::Hold(1));
-        lone.truncate(9);
-        lone.push(6);
-        assert_eq!(parse_deadline(&lone), None);
     }
 
     #[test]

@@ -86,7 +86,7 @@ impl<'a, R: KvRead + ?Sized> Txn<'a, R> {
         }
     }
 
-    pub fn put<T: Serialize + ?Sized>(
+    pub fn put<T: Serialize>(
         &mut self,
         what: &'static str,
         key: Vec<u8>,

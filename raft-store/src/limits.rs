@@ -49,14 +49,8 @@ pub const WAITLIST_LEN_MAX: u32 = 100_000;
 /// next `Tick` (a hand-off deadline is left behind), so no command does unbounded work.
 pub const HANDOFF_STEPS_MAX: u32 = 64;
 
-/// Deadlines (hold expiry, payment timeout, record purge, sale close) one `Tick` handles,
-/// counting each deadline of a bundle; also the most deadlines one bundle holds, so a Tick
-/// that takes bundles whole stays within it.
+/// Deadlines (hold expiry, payment timeout, record purge, sale close) one `Tick` handles.
 pub const TICK_EXPIRE_BATCH_MAX: u32 = 256;
-/// Deadline keys one `Tick` reads from RocksDB at a time. A bundle's value can list
-/// `TICK_EXPIRE_BATCH_MAX` deadlines, so reading as many keys as the budget allows could
-/// read hundreds of bundles to handle one or two.
-pub const TICK_SCAN_KEYS: usize = 16;
 /// How long an idempotency record answers retries before the clock purges it.
 pub const IDEMPOTENCY_RETENTION_MS: u64 = 60 * 60 * 1_000;
 

@@ -15,20 +15,9 @@
 //!   unit is ever stuck behind a large request).
 //! - Deadlines (hold expiry, payment timeout, idempotency purge, sale close) are keys
 //!   ordered by time; `Tick` handles the due ones in that order, a bounded batch each.
-//! - Bundles: the hold, order and idempotency deadlines one command adds for the same
-//!   time are written as one key (`Deadline::Bundle`) whose value lists them, so a
-//!   group-commit batch of 256 reservations writes 2 deadline keys, not 512 (a
-//!   reservation wrote 6 keys; now 4 and a share of 2). Such deadlines are never removed
-//!   early: a hold checked out or released, an order paid or cancelled, keeps its
-//!   deadline, and when it comes due its handler finds the hold no longer active or the
-//!   order no longer awaiting payment and does nothing, as it always checked. This
-//!   saves the delete (a RocksDB tombstone, a memtable insert like any write) that
-//!   checkout, release and payment made, and a bundle could not lose one member anyway.
-//!   Bundles are formed per log entry's command, never per apply call (whose extent
-//!   differs between replicas), so every replica writes the same keys.
-//!   Handled deadlines are deleted, so the front of that key range is a
+//!   Handled and cancelled deadlines are deleted, so the front of that key range is a
 //!   long run of RocksDB tombstones that every scan from the start would step over (in
-//!   a flash sale, one per lone deadline or bundle). Scans therefore start at the
+//!   a flash sale, one per hold, order and request). Scans therefore start at the
 //!   *deadline floor* ([`Machine::deadline_floor`]): a lower bound of every live
 //!   deadline, raised by `Tick` to the first live one and lowered by every new deadline.
 //!   It only decides where scans begin, never what they find, so it is not part of the
@@ -79,9 +68,6 @@ pub struct Machine<'t, 'a, R: KvRead + ?Sized> {
     deadline_floor: u64,
     /// Per sale, no live waitlist entry has a lower sequence (see the module docs).
     wait_floors: BTreeMap<String, u64>,
-    /// Hold, order and idempotency deadlines the command being applied added, by due
-    /// time; written when it ends, as bundles (see the module docs).
-    due_items: BTreeMap<u64, Vec<Deadline>>,
 }
 
 impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
@@ -99,7 +85,6 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
             last_tick_work: None,
             deadline_floor: 0,
             wait_floors: BTreeMap::new(),
-            due_items: BTreeMap::new(),
         })
     }
 
@@ -165,9 +150,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
     /// the command.
     pub fn apply(&mut self, entry: &LogEntry) -> Result<Response, StoreError> {
         self.advance_clock(entry.at_ms);
-        let response = self.apply_command(&entry.cmd, true)?;
-        self.write_due_items()?;
-        Ok(response)
+        self.apply_command(&entry.cmd, true)
     }
 
     /// Advances the clock without a command (blank and membership entries carry none).
@@ -254,7 +237,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
             user_id: user_id.to_string(),
             request_id: request_id.to_string(),
         };
-        self.add_deadline(purge_at, what);
+        self.add_deadline(purge_at, &what);
         Ok(response)
     }
 
@@ -330,7 +313,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
             waitlist_next_seq: 0,
             waitlist_len: 0,
         };
-        self.add_deadline(spec.ends_at_ms, Deadline::SaleClose(spec.id.clone()));
+        self.add_deadline(spec.ends_at_ms, &Deadline::SaleClose(spec.id.clone()));
         self.save_sale(&rec)?;
         Ok(Response::SaleCreated {
             sale_id: spec.id.clone(),
@@ -357,7 +340,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
             )));
         }
         self.remove_deadline(rec.spec.ends_at_ms, &Deadline::SaleClose(spec.id.clone()));
-        self.add_deadline(spec.ends_at_ms, Deadline::SaleClose(spec.id.clone()));
+        self.add_deadline(spec.ends_at_ms, &Deadline::SaleClose(spec.id.clone()));
         rec.spec = std::sync::Arc::new(spec.clone());
         rec.counters = Counters {
             available: spec.quantity,
@@ -383,7 +366,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
             rec.spec.ends_at_ms,
             &Deadline::SaleClose(sale_id.to_string()),
         );
-        self.add_deadline(self.clock_ms, Deadline::SaleClose(sale_id.to_string()));
+        self.add_deadline(self.clock_ms, &Deadline::SaleClose(sale_id.to_string()));
         rec.ended_early_at_ms = Some(self.clock_ms);
         self.save_sale(&rec)?;
         Ok(Response::SaleEnded {
@@ -479,7 +462,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
         };
         self.txn.put("hold", keys::hold(id), &hold)?;
         self.txn.put_raw(keys::user_hold(user_id, id), Vec::new());
-        self.add_deadline(expires_at_ms, Deadline::Hold(id));
+        self.add_deadline(expires_at_ms, &Deadline::Hold(id));
         Ok(HoldGrant {
             hold_id: id,
             sale_id: sale.spec.id.clone(),
@@ -564,8 +547,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
             .ok_or_else(|| underflow(&hold.user_id, "user held"))?;
         user.live_holds = user.live_holds.saturating_sub(1);
         self.save_user(sale, &hold.user_id, &user)?;
-        // The hold's deadline stays: when due it finds the hold ended and does nothing
-        // (see the module docs).
+        self.remove_deadline(hold.expires_at_ms, &Deadline::Hold(hold.id));
         hold.state = state;
         self.txn.put("hold", keys::hold(hold.id), &hold)
     }
@@ -613,10 +595,11 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
             sale.counters.awaiting_payment += q;
             user.awaiting_payment += q;
             let pay_by = self.clock_ms.saturating_add(sale.spec.payment_window_ms);
-            self.add_deadline(pay_by, Deadline::Order(order_id));
+            self.add_deadline(pay_by, &Deadline::Order(order_id));
             (OrderStatus::AwaitingPayment, Some(pay_by))
         };
         sale.stats.checkouts += 1;
+        self.remove_deadline(hold.expires_at_ms, &Deadline::Hold(hold.id));
         hold.state = HoldState::CheckedOut { order_id };
         self.txn.put("hold", keys::hold(hold.id), &hold)?;
         let order = OrderRecord {
@@ -718,6 +701,9 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
             .ok_or_else(|| underflow(user_id, "user awaiting"))?;
         self.mark_sold(&mut sale, &mut user, q);
         sale.stats.orders_paid += 1;
+        if let Some(pay_by) = order.pay_by_ms {
+            self.remove_deadline(pay_by, &Deadline::Order(order_id));
+        }
         order.status = OrderStatus::Paid {
             payment_ref: payment_ref.to_string(),
             at_ms: self.clock_ms,
@@ -806,6 +792,9 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
                     .awaiting_payment
                     .checked_sub(q)
                     .ok_or_else(|| underflow(&order.user_id, "user awaiting"))?;
+                if let Some(pay_by) = order.pay_by_ms {
+                    self.remove_deadline(pay_by, &Deadline::Order(order.id));
+                }
             }
             OrderStatus::Confirmed => {
                 let c = &mut sale.counters;
@@ -955,7 +944,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
         let mut steps = 0;
         while sale.waitlist_len > 0 && sale.counters.available > 0 {
             if steps == HANDOFF_STEPS_MAX {
-                self.add_deadline(self.clock_ms, Deadline::Handoff(sale_id.clone()));
+                self.add_deadline(self.clock_ms, &Deadline::Handoff(sale_id.clone()));
                 break;
             }
             steps += 1;
@@ -1021,51 +1010,22 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
 
     fn tick(&mut self) -> Result<Response, StoreError> {
         self.report = TickReport::default();
-        // A Tick inside a batch sees the deadlines the commands before it added.
-        self.write_due_items()?;
-        let budget = TICK_EXPIRE_BATCH_MAX as usize;
-        let mut handled = 0;
-        let (mut lo, hi) = keys::deadlines_due(self.deadline_floor, self.clock_ms);
-        // Due keys are read a few at a time: a bundle's value lists up to `budget`
-        // deadlines, and the budget may end at the first key read.
-        'scan: while handled < budget {
-            let due = self
-                .txn
-                .scan(&lo, &hi, (budget - handled).min(TICK_SCAN_KEYS))?;
-            if due.is_empty() {
-                break;
-            }
-            for (key, value) in due {
-                let Some((_, what)) = keys::parse_deadline(&key) else {
-                    return Err(StoreError::Corrupt {
-                        key: keys::display(&key),
-                        reason: "bad deadline key".into(),
-                    });
-                };
-                let items = match what {
-                    Deadline::Bundle(_) => codec::decode::<Vec<Deadline>>(&key, &value)?,
-                    one => vec![one],
-                };
-                // A bundle is never split: a Tick takes it whole or leaves it for the next.
-                if handled > 0 && handled + items.len() > budget {
-                    break 'scan;
-                }
-                handled += items.len();
-                lo.clear();
-                lo.extend_from_slice(&key);
-                lo.push(0); // the first key after this one
-                self.txn.delete(key);
-                for item in items {
-                    self.run_deadline(item)?;
-                }
-            }
+        let (lo, hi) = keys::deadlines_due(self.deadline_floor, self.clock_ms);
+        let due = self.txn.scan(&lo, &hi, TICK_EXPIRE_BATCH_MAX as usize)?;
+        let scanned = due.len();
+        for (key, _) in due {
+            let Some((_, what)) = keys::parse_deadline(&key) else {
+                return Err(StoreError::Corrupt {
+                    key: keys::display(&key),
+                    reason: "bad deadline key".into(),
+                });
+            };
+            self.txn.delete(key);
+            self.run_deadline(what)?;
         }
-        // Deadlines added while handling these (holds of promoted waiters) are written
-        // before the scans below, so that the floor never passes one.
-        self.write_due_items()?;
         let mut report = std::mem::take(&mut self.report);
         self.last_tick_work =
-            Some(handled + report.waitlist_dropped as usize + report.waitlist_promoted as usize);
+            Some(scanned + report.waitlist_dropped as usize + report.waitlist_promoted as usize);
         // Handling a deadline may add one (a sale close retried, a hand-off), possibly
         // below where this scan began: look again from the floor as it is now.
         let (lo, hi) = keys::deadlines_due(self.deadline_floor, self.clock_ms);
@@ -1126,7 +1086,7 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
                 };
                 if sale.has_ended(self.clock_ms) {
                     if !self.drop_waitlist(&mut sale, TICK_EXPIRE_BATCH_MAX)? {
-                        self.add_deadline(self.clock_ms, Deadline::SaleClose(sale_id));
+                        self.add_deadline(self.clock_ms, &Deadline::SaleClose(sale_id));
                     }
                     self.save_sale(&sale)?;
                 }
@@ -1138,49 +1098,13 @@ impl<'t, 'a, R: KvRead + ?Sized> Machine<'t, 'a, R> {
                 self.handoff(&mut sale)?;
                 self.save_sale(&sale)?;
             }
-            Deadline::Bundle(first) => {
-                return Err(StoreError::Corrupt {
-                    key: format!("bundle named after {first:?}"),
-                    reason: "a bundle inside a bundle".into(),
-                });
-            }
         }
         Ok(())
     }
 
-    /// Adds a deadline. Those of holds, orders and idempotency records wait in
-    /// `due_items` until the command ends ([`Machine::write_due_items`]); the rest are
-    /// written now.
-    fn add_deadline(&mut self, at_ms: u64, what: Deadline) {
+    fn add_deadline(&mut self, at_ms: u64, what: &Deadline) {
         self.deadline_floor = self.deadline_floor.min(at_ms);
-        match what {
-            Deadline::Hold(_) | Deadline::Order(_) | Deadline::Idem { .. } => {
-                self.due_items.entry(at_ms).or_default().push(what);
-            }
-            _ => self.txn.put_raw(keys::deadline(at_ms, &what), Vec::new()),
-        }
-    }
-
-    /// Writes the deadlines waiting in `due_items`: one due alone at its time as its own
-    /// key, as before bundles; several due together as bundles of at most
-    /// `TICK_EXPIRE_BATCH_MAX`, each named after its first deadline. Runs at the end of
-    /// every log entry's command (a group-commit batch is one command), never at the end
-    /// of an apply call, whose extent differs between replicas: what is bundled must be
-    /// the same on every replica.
-    fn write_due_items(&mut self) -> Result<(), StoreError> {
-        for (at_ms, items) in std::mem::take(&mut self.due_items) {
-            for chunk in items.chunks(TICK_EXPIRE_BATCH_MAX as usize) {
-                match chunk {
-                    [one] => self.txn.put_raw(keys::deadline(at_ms, one), Vec::new()),
-                    [first, ..] => {
-                        let key = keys::deadline(at_ms, &Deadline::Bundle(Box::new(first.clone())));
-                        self.txn.put("deadline bundle", key, chunk)?;
-                    }
-                    [] => {}
-                }
-            }
-        }
-        Ok(())
+        self.txn.put_raw(keys::deadline(at_ms, what), Vec::new());
     }
 
     fn remove_deadline(&mut self, at_ms: u64, what: &Deadline) {

@@ -297,15 +297,6 @@ fn persisted_types_keep_their_bytes() {
         response: Response::Paid { order_id: 8 },
     };
     check("IdemRecord", &idem, GOLDEN_IDEM, f);
-    let bundle = vec![
-        Deadline::Hold(7),
-        Deadline::Order(300),
-        Deadline::Idem {
-            user_id: "u".into(),
-            request_id: "r".into(),
-        },
-    ];
-    check("deadline bundle", &bundle, GOLDEN_DEADLINE_BUNDLE, f);
     check(
         "WaitEntry",
         &WaitEntry {
@@ -411,22 +402,6 @@ fn keys_keep_their_bytes() {
             format!("15{t}057300"),
         ),
         (
-            "deadline bundle of holds",
-            keys::deadline(5, &Deadline::Bundle(Box::new(Deadline::Hold(6)))),
-            format!("15{t}06010000000000000006"),
-        ),
-        (
-            "deadline bundle of idempotency purges",
-            keys::deadline(
-                5,
-                &Deadline::Bundle(Box::new(Deadline::Idem {
-                    user_id: "u".into(),
-                    request_id: "r".into(),
-                })),
-            ),
-            format!("15{t}060375007200"),
-        ),
-        (
             "meta clock",
             keys::META_CLOCK.to_vec(),
             "01636c6f636b".into(),
@@ -495,7 +470,6 @@ const GOLDEN_ORDER_STATUSES: &str = "060001037073700102030002030103030204";
 const GOLDEN_ORDER: &str = "080b737072696e672d64726f700275310701fbecc203455552fbe803000203722d33";
 const GOLDEN_USER: &str = "0102030101";
 const GOLDEN_IDEM: &str = "fdefcdab8967452301050708";
-const GOLDEN_DEADLINE_BUNDLE: &str = "03000701fb2c010201750172";
 const GOLDEN_WAIT_ENTRY: &str = "027531020303772d32";
 const GOLDEN_WAIT_STATES: &str = "0200010102";
 const GOLDEN_RAFT_ENTRY: &str = "03012a01090b";

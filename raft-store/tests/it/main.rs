@@ -4,7 +4,6 @@ mod common;
 mod compaction;
 mod conformance;
 mod crash;
-mod deadlines;
 mod golden;
 mod log_cache;
 mod model;
