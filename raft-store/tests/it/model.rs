@@ -623,8 +623,8 @@ struct Run {
 }
 
 /// Applies `pending` to the model one by one and to the machine as one entry: alone if
-/// `batch_max` is 1, else as a group-commit `Batch` (whose hold, order and idempotency
-/// deadlines are written as bundles), then checks the state.
+/// `batch_max` is 1, else as a group-commit `Batch` (every command of it at the same
+/// clock, as the node's group commit proposes them), then checks the state.
 fn flush(
     model: &mut Model,
     mem: &mut Mem,
