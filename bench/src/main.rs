@@ -65,7 +65,7 @@ struct Args {
     /// Where results.json goes.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// First of the loopback ports used (about 20 from here).
+    /// First of the loopback ports used (22 from here).
     #[arg(long, default_value_t = 27_100)]
     port_base: u16,
     /// Only systems whose name contains one of these (case-insensitive), e.g. `stockade`.
@@ -375,6 +375,8 @@ fn version(cmd: &str, arg: &str) -> String {
 /// The systems, started; stopped when dropped.
 struct Systems {
     stockade: Arc<stockade::Cluster>,
+    /// The reference row: one node, not replicated.
+    stockade_single: Arc<stockade::Cluster>,
     redis_always: redis_peer::Redis,
     redis_off: redis_peer::Redis,
     etcd: Arc<etcd::Cluster>,
@@ -383,19 +385,36 @@ struct Systems {
 
 async fn start(a: &Args, dir: &Path) -> Result<Systems> {
     let p = a.port_base;
-    let mut sc =
-        stockade::Cluster::start(&a.bin_dir.join("stockade"), dir, p, a.node_worker_threads)?;
+    let bin = a.bin_dir.join("stockade");
+    let mut sc = stockade::Cluster::start(
+        &bin,
+        dir,
+        "stockade",
+        stockade::NODES,
+        p,
+        a.node_worker_threads,
+    )?;
+    let mut s1 = stockade::Cluster::start(
+        &bin,
+        dir,
+        "stockade-single",
+        stockade::SINGLE_NODE,
+        p + 20,
+        a.node_worker_threads,
+    )?;
     let mut r1 = redis_peer::Server::start(dir, p + 10, true)?;
     let mut r2 = redis_peer::Server::start(dir, p + 11, false)?;
     let mut ec = etcd::Cluster::start(dir, p + 12)?;
     let mut pg = pg::Server::start(dir, p + 18)?;
     sc.ready().await?;
+    s1.ready().await?;
     r1.ready().await?;
     r2.ready().await?;
     ec.ready().await?;
     pg.ready().await?;
     Ok(Systems {
         stockade: Arc::new(sc),
+        stockade_single: Arc::new(s1),
         redis_always: redis_peer::Redis {
             server: r1,
             aof_always: true,
@@ -426,6 +445,10 @@ async fn bench(a: &Args, dir: &Path) -> Result<Results> {
         cluster: s.stockade.clone(),
         proto: stockade::Proto::GrpcStream,
     };
+    let st_single = stockade::Stockade {
+        cluster: s.stockade_single.clone(),
+        proto: stockade::Proto::GrpcStream,
+    };
     let e_cas = etcd::Etcd {
         cluster: s.etcd.clone(),
         design: etcd::Design::Cas,
@@ -446,6 +469,7 @@ async fn bench(a: &Args, dir: &Path) -> Result<Results> {
         st_http.name(),
         st_grpc.name(),
         st_stream.name(),
+        st_single.name(),
         s.redis_always.name(),
         s.redis_off.name(),
         e_cas.name(),
@@ -482,11 +506,12 @@ async fn bench(a: &Args, dir: &Path) -> Result<Results> {
                     0 => run_one(&st_http, &cell, round, &phase, seq).await,
                     1 => run_one(&st_grpc, &cell, round, &phase, seq).await,
                     2 => run_one(&st_stream, &cell, round, &phase, seq).await,
-                    3 => run_one(&s.redis_always, &cell, round, &phase, seq).await,
-                    4 => run_one(&s.redis_off, &cell, round, &phase, seq).await,
-                    5 => run_one(&e_cas, &cell, round, &phase, seq).await,
-                    6 => run_one(&e_units, &cell, round, &phase, seq).await,
-                    7 => run_one(&p_hot, &cell, round, &phase, seq).await,
+                    3 => run_one(&st_single, &cell, round, &phase, seq).await,
+                    4 => run_one(&s.redis_always, &cell, round, &phase, seq).await,
+                    5 => run_one(&s.redis_off, &cell, round, &phase, seq).await,
+                    6 => run_one(&e_cas, &cell, round, &phase, seq).await,
+                    7 => run_one(&e_units, &cell, round, &phase, seq).await,
+                    8 => run_one(&p_hot, &cell, round, &phase, seq).await,
                     _ => run_one(&p_skip, &cell, round, &phase, seq).await,
                 };
                 runs.push(r?);

@@ -1,5 +1,11 @@
 //! Stockade: three nodes, durable (fsync before acknowledge), clients spread over all of
 //! them, over HTTP or gRPC. The load goes through stockctl's own target.
+//!
+//! Also one node alone ([`SINGLE_NODE`]), over the gRPC stream: a reference row, labelled
+//! not replicated and not failover-safe like Redis. Beside the three-node rows it tells
+//! what replication costs when the three replicas share this machine's two cores: the
+//! same binary, the same requests, one replica's work instead of three
+//! (docs/benchmarks.md, "Thirty-fourth session").
 
 use std::path::Path;
 use std::process::Command;
@@ -16,6 +22,8 @@ use crate::system::{Counters, System};
 
 /// Nodes in the cluster.
 pub const NODES: usize = 3;
+/// Nodes of the reference row: one, not replicated.
+pub const SINGLE_NODE: usize = 1;
 /// Runtime worker threads of each node: the three nodes share this machine's cores, and
 /// one worker each used 12–26% less node CPU per request than one per core, in every
 /// measured pair (`stockade --worker-threads`; docs/benchmarks.md, "Twenty-third
@@ -32,6 +40,7 @@ pub const READY_POLL: Duration = Duration::from_millis(200);
 pub const PAYMENT_WINDOW_MS: u64 = 10 * 60 * 1_000;
 
 pub struct Cluster {
+    /// One per node; their count is the cluster's size.
     procs: Vec<Proc>,
     http: Vec<String>,
     grpc: Vec<String>,
@@ -39,25 +48,32 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts three nodes with HTTP on `port..port+3` and gRPC on `port+3..port+6`, each
-    /// with `workers` runtime worker threads.
-    pub fn start(bin: &Path, dir: &Path, port: u16, workers: u64) -> Result<Cluster> {
-        let http: Vec<String> = (0..NODES as u16)
-            .map(|i| format!("127.0.0.1:{}", port + i))
+    /// Starts `nodes` nodes with HTTP on `port..port+nodes` and gRPC on
+    /// `port+nodes..port+2*nodes`, each with `workers` runtime worker threads; their data
+    /// and logs go to `dir`, named `<name>-<node id>`.
+    pub fn start(
+        bin: &Path,
+        dir: &Path,
+        name: &str,
+        nodes: usize,
+        port: u16,
+        workers: u64,
+    ) -> Result<Cluster> {
+        let n = u16::try_from(nodes).context("nodes")?;
+        let http: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", port + i)).collect();
+        let grpc: Vec<String> = (0..n)
+            .map(|i| format!("127.0.0.1:{}", port + n + i))
             .collect();
-        let grpc: Vec<String> = (0..NODES as u16)
-            .map(|i| format!("127.0.0.1:{}", port + NODES as u16 + i))
-            .collect();
-        for p in port..port + 2 * NODES as u16 {
+        for p in port..port + 2 * n {
             port_free(p)?;
         }
-        let peers = (0..NODES)
+        let peers = (0..nodes)
             .map(|i| format!("{}={}/{}", i + 1, grpc[i], http[i]))
             .collect::<Vec<_>>()
             .join(",");
         let mut procs = Vec::new();
-        for i in 0..NODES {
-            let data = dir.join(format!("stockade-{}", i + 1));
+        for i in 0..nodes {
+            let data = dir.join(format!("{name}-{}", i + 1));
             std::fs::create_dir_all(&data)?;
             let mut cmd = Command::new(bin);
             cmd.arg("--node-id")
@@ -76,9 +92,9 @@ impl Cluster {
                 .arg(workers.to_string());
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             procs.push(Proc::spawn(
-                &format!("stockade-node {}", i + 1),
+                &format!("{name} node {}", i + 1),
                 cmd,
-                &dir.join(format!("stockade-{}.log", i + 1)),
+                &dir.join(format!("{name}-{}.log", i + 1)),
             )?);
         }
         let client = Arc::new(Client::new(
@@ -100,8 +116,9 @@ impl Cluster {
             for p in &mut self.procs {
                 p.check_alive()?;
             }
+            let nodes = self.procs.len();
             let mut leaders = Vec::new();
-            for i in 0..NODES {
+            for i in 0..nodes {
                 if let Ok(st) = self
                     .client
                     .pinned(i)?
@@ -111,7 +128,7 @@ impl Cluster {
                     leaders.push(st.value.leader_id);
                 }
             }
-            if leaders.len() == NODES
+            if leaders.len() == nodes
                 && leaders[0].is_some()
                 && leaders.iter().all(|l| *l == leaders[0])
             {
@@ -135,6 +152,20 @@ pub enum Proto {
     GrpcStream,
 }
 
+/// A Stockade row's name in the table: its size and protocol; one node is labelled like
+/// the other single-process peers.
+pub fn system_name(nodes: usize, proto: Proto) -> String {
+    let proto = match proto {
+        Proto::Http => "HTTP",
+        Proto::Grpc => "gRPC",
+        Proto::GrpcStream => "gRPC stream",
+    };
+    match nodes {
+        1 => format!("Stockade 1 node, {proto} (not replicated, not failover-safe)"),
+        n => format!("Stockade {n} nodes, {proto}"),
+    }
+}
+
 /// Stockade over one protocol.
 pub struct Stockade {
     pub cluster: Arc<Cluster>,
@@ -145,14 +176,7 @@ impl System for Stockade {
     type T = StockadeTarget;
 
     fn name(&self) -> String {
-        format!(
-            "Stockade 3 nodes, {}",
-            match self.proto {
-                Proto::Http => "HTTP",
-                Proto::Grpc => "gRPC",
-                Proto::GrpcStream => "gRPC stream",
-            }
-        )
+        system_name(self.cluster.procs.len(), self.proto)
     }
 
     async fn prepare(
@@ -236,5 +260,26 @@ impl System for Stockade {
 
     fn pids(&self) -> Vec<u32> {
         self.cluster.procs.iter().map(Proc::pid).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_named_by_size_and_protocol() {
+        assert_eq!(
+            system_name(NODES, Proto::GrpcStream),
+            "Stockade 3 nodes, gRPC stream"
+        );
+        assert_eq!(system_name(NODES, Proto::Http), "Stockade 3 nodes, HTTP");
+        let single = system_name(SINGLE_NODE, Proto::GrpcStream);
+        assert_eq!(
+            single,
+            "Stockade 1 node, gRPC stream (not replicated, not failover-safe)"
+        );
+        // `--only "3 nodes"` keeps the replicated rows and leaves the reference row out.
+        assert!(!single.contains("3 nodes"));
     }
 }
