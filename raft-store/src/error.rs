@@ -17,6 +17,14 @@ pub enum StoreError {
     Invariant(String),
     #[error("snapshot: {0}")]
     Snapshot(String),
+    /// The store was recorded with another [`crate::store::SCHEMA_VERSION`].
+    #[error(
+        "this store was written with store schema {found}, and this build reads schema \
+         {supported} only: run a build of schema {found} on it, or restore a backup taken \
+         with a build of schema {supported} into a new data directory; the store was left \
+         as it was"
+    )]
+    Schema { found: u32, supported: u32 },
 }
 
 impl From<StoreError> for std::io::Error {

@@ -27,7 +27,7 @@ pub mod validate;
 pub use error::StoreError;
 pub use store::{
     open, BuildPriority, Compaction, CompactionHealth, CompactionPriority, DbMemory, LogStore,
-    RanAt, SnapshotSlots, StateMachineStore, StoreOptions,
+    RanAt, SnapshotSlots, StateMachineStore, StoreOptions, SCHEMA_VERSION,
 };
 pub use types::{Command, LogEntry, Reject, Response};
 

@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | `log` | log index, u64 big-endian | bincode `Entry` |
 //! | `raft` | `vote`, `committed`, `last_purged` | bincode openraft types |
+//! | `raft` | `schema` | [`SCHEMA_VERSION`], u32 big-endian |
 //! | `sm` | [`crate::keys`] schema | bincode records |
 
 mod background;
@@ -96,12 +97,15 @@ impl StoreOptions {
 }
 
 /// Opens (or creates) the store under `opts.dir` and returns its two openraft halves.
+/// Refuses a store recorded with another [`SCHEMA_VERSION`] ([`StoreError::Schema`]),
+/// before reading anything else from it.
 pub fn open(opts: &StoreOptions) -> Result<(LogStore, StateMachineStore), StoreError> {
     let db = Arc::new(open_db(
         &opts.dir.join("db"),
         opts.block_cache_bytes,
         opts.compaction_priority,
     )?);
+    check_schema(&db)?;
     let log = LogStore::new(db.clone())?;
     let sm = StateMachineStore::new(
         db,
@@ -111,6 +115,53 @@ pub fn open(opts: &StoreOptions) -> Result<(LogStore, StateMachineStore), StoreE
         opts.snapshot_slots,
     )?;
     Ok((log, sm))
+}
+
+/// The version of what this build persists in the store's database: the log's entry
+/// encoding, the Raft metadata, and the state machine's key schema and records
+/// ([`crate::keys`], [`crate::codec`]). [`open`] records it under `schema` in the `raft`
+/// column family and refuses a store recorded with another version, so that a build never
+/// misreads a store it does not know: a node rolled back after an upgrade that changed
+/// what is persisted, or a data directory copied from a newer cluster, stops at start with
+/// an error naming both versions, and its data stays as it was.
+///
+/// Bump it with any change to what is persisted that another build would misread, and
+/// bump [`snapshot`]'s file format with it: snapshots (and backups, which are snapshot
+/// files) carry the state machine's records, and a build refuses a snapshot format it
+/// does not know. What this does not cover: log entries of a command kind an older
+/// follower cannot decode reach it over the network before any store is opened (its
+/// append fails and the leader retries), so an upgrade that adds commands must reach
+/// every node before any node proposes them. Version 1 is the first; a store written
+/// before this record existed has none and is version 1.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Where [`SCHEMA_VERSION`] is recorded, in the `raft` column family.
+const KEY_SCHEMA: &[u8] = b"schema";
+
+/// Records [`SCHEMA_VERSION`] in a store that has no record yet (new, or written before
+/// the record existed), or checks the one it has.
+fn check_schema(db: &rocksdb::DB) -> Result<(), StoreError> {
+    let raft = cf(db, CF_RAFT)?;
+    let Some(bytes) = db.get_cf(raft, KEY_SCHEMA)? else {
+        let mut wo = rocksdb::WriteOptions::default();
+        // Synced like the vote: with `manual_wal_flush` a synced write flushes the
+        // buffered WAL itself.
+        wo.set_sync(true);
+        db.put_cf_opt(raft, KEY_SCHEMA, SCHEMA_VERSION.to_be_bytes(), &wo)?;
+        return Ok(());
+    };
+    let found = <[u8; 4]>::try_from(bytes.as_slice())
+        .map(u32::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt {
+            key: "raft/schema".into(),
+            reason: format!("{} bytes, want 4", bytes.len()),
+        })?;
+    if found != SCHEMA_VERSION {
+        return Err(StoreError::Schema {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
 }
 
 /// Most bytes of write-ahead log kept on disk: past it, RocksDB flushes the column families

@@ -8,4 +8,5 @@ mod golden;
 mod log_cache;
 mod model;
 mod queries;
+mod schema;
 mod snapshot;
