@@ -21,6 +21,24 @@ fn with_raw_db(dir: &TempDir, change: impl FnOnce(&rocksdb::DB)) -> Option<Vec<u
     db.get_cf(raft, b"schema").expect("read")
 }
 
+/// The store's record as it stands.
+fn recorded(dir: &TempDir) -> Option<Vec<u8>> {
+    with_raw_db(dir, |_| {})
+}
+
+/// What a store of this build records.
+fn this_builds() -> Option<Vec<u8>> {
+    Some(SCHEMA_VERSION.to_be_bytes().to_vec())
+}
+
+/// The error `open` refuses the store with (`what`: why it must be refused).
+fn refused(dir: &TempDir, what: &str) -> StoreError {
+    match open(&StoreOptions::new(dir.path())) {
+        Ok(_) => panic!("{what} must be refused"),
+        Err(e) => e,
+    }
+}
+
 fn set_schema(db: &rocksdb::DB, value: Option<&[u8]>) {
     let raft = db.cf_handle("raft").expect("raft column family");
     match value {
@@ -41,10 +59,7 @@ async fn store_with_state() -> (TempDir, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_store_records_this_builds_schema_version() {
     let (dir, _) = store_with_state().await;
-    assert_eq!(
-        with_raw_db(&dir, |_| {}),
-        Some(SCHEMA_VERSION.to_be_bytes().to_vec())
-    );
+    assert_eq!(recorded(&dir), this_builds());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,10 +69,7 @@ async fn a_store_without_a_record_opens_and_gets_one() {
     let (_log, sm) = open(&StoreOptions::new(dir.path())).expect("a store from before the record");
     assert_eq!(sm.state_hash().unwrap(), hash);
     drop((_log, sm));
-    assert_eq!(
-        with_raw_db(&dir, |_| {}),
-        Some(SCHEMA_VERSION.to_be_bytes().to_vec())
-    );
+    assert_eq!(recorded(&dir), this_builds());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,10 +77,7 @@ async fn a_store_of_another_schema_is_refused_and_left_as_it_was() {
     let (dir, hash) = store_with_state().await;
     for other in [SCHEMA_VERSION + 1, SCHEMA_VERSION - 1] {
         with_raw_db(&dir, |db| set_schema(db, Some(&other.to_be_bytes())));
-        let err = match open(&StoreOptions::new(dir.path())) {
-            Ok(_) => panic!("a store of schema {other} must be refused"),
-            Err(e) => e,
-        };
+        let err = refused(&dir, &format!("a store of schema {other}"));
         assert!(
             matches!(err, StoreError::Schema { found, supported }
                 if found == other && supported == SCHEMA_VERSION),
@@ -81,10 +90,7 @@ async fn a_store_of_another_schema_is_refused_and_left_as_it_was() {
             "{msg}"
         );
         // The refusal wrote nothing: the record is still the other build's.
-        assert_eq!(
-            with_raw_db(&dir, |_| {}),
-            Some(other.to_be_bytes().to_vec())
-        );
+        assert_eq!(recorded(&dir), Some(other.to_be_bytes().to_vec()));
     }
     // Put back, the store opens with its state intact.
     with_raw_db(&dir, |db| {
@@ -98,10 +104,7 @@ async fn a_store_of_another_schema_is_refused_and_left_as_it_was() {
 async fn a_malformed_record_is_refused_as_corrupt() {
     let (dir, _) = store_with_state().await;
     with_raw_db(&dir, |db| set_schema(db, Some(b"\x01")));
-    let err = match open(&StoreOptions::new(dir.path())) {
-        Ok(_) => panic!("a 1-byte schema record must be refused"),
-        Err(e) => e,
-    };
+    let err = refused(&dir, "a 1-byte schema record");
     assert!(
         matches!(&err, StoreError::Corrupt { key, .. } if key == "raft/schema"),
         "{err:?}"
