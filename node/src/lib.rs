@@ -65,18 +65,20 @@ impl NodeHandle {
     }
 }
 
-/// Why a node could not start.
+/// Why a node could not start. Each message includes its cause, which is therefore not
+/// also an error `source`: `stockade` prints the whole chain (`{:#}`), and a cause in both
+/// places printed twice ("cannot bind …: Address in use: Address in use").
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot bind {addr}: {source}")]
+    #[error("cannot bind {addr}: {error}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot open the store in {dir}: {source}")]
+    #[error("cannot open the store in {dir}: {error}")]
     Store {
         dir: String,
-        source: stockade_raft_store::StoreError,
+        error: stockade_raft_store::StoreError,
     },
     #[error("raft: {0}")]
     Raft(String),
@@ -87,28 +89,28 @@ pub async fn start(cfg: Config) -> Result<NodeHandle, StartError> {
     let http_listener =
         TcpListener::bind(cfg.http_listen)
             .await
-            .map_err(|source| StartError::Bind {
+            .map_err(|error| StartError::Bind {
                 addr: cfg.http_listen,
-                source,
+                error,
             })?;
     let grpc_listener =
         TcpListener::bind(cfg.grpc_listen)
             .await
-            .map_err(|source| StartError::Bind {
+            .map_err(|error| StartError::Bind {
                 addr: cfg.grpc_listen,
-                source,
+                error,
             })?;
     let http_addr = http_listener
         .local_addr()
-        .map_err(|source| StartError::Bind {
+        .map_err(|error| StartError::Bind {
             addr: cfg.http_listen,
-            source,
+            error,
         })?;
     let grpc_addr = grpc_listener
         .local_addr()
-        .map_err(|source| StartError::Bind {
+        .map_err(|error| StartError::Bind {
             addr: cfg.grpc_listen,
-            source,
+            error,
         })?;
     let me = NodeAddr {
         raft_addr: cfg
@@ -126,9 +128,9 @@ pub async fn start(cfg: Config) -> Result<NodeHandle, StartError> {
     store_opts.compaction_priority = cfg.compaction_priority;
     store_opts.apply_inline_commands_max = cfg.apply_inline_max;
     store_opts.snapshot_slots = Some(SnapshotSlots::new(cfg.node_id, cfg.snapshot_every_entries));
-    let (log, sm) = open(&store_opts).map_err(|source| StartError::Store {
+    let (log, sm) = open(&store_opts).map_err(|error| StartError::Store {
         dir: cfg.data_dir.display().to_string(),
-        source,
+        error,
     })?;
     let pool = Pool::new(NetConfig {
         connect_timeout: std::time::Duration::from_millis(cfg.raft.heartbeat_interval.max(200)),
@@ -284,4 +286,21 @@ async fn maybe_initialize(cfg: &Config, raft: &Raft, me: NodeAddr) -> Result<(),
     raft.initialize(members)
         .await
         .map_err(|e| StartError::Raft(e.to_string()))
+}
+
+#[cfg(test)]
+mod start_error_tests {
+    use super::StartError;
+
+    /// `stockade` prints a start error with its whole chain (`{:#}`): the cause is in the
+    /// message once, not once more as a `source`.
+    #[test]
+    fn a_start_errors_cause_is_printed_once() {
+        let e = StartError::Bind {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+            error: std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address in use"),
+        };
+        let printed = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(printed, "cannot bind 127.0.0.1:8080: Address in use");
+    }
 }
